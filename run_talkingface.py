@@ -1,0 +1,64 @@
+"""The one entry point: python run_talkingface.py --model=HyperLipsBase --dataset=MEAD [--key=value ...]"""
+import argparse
+import sys
+
+MODES = ("train", "evaluate", "preprocess", "infer")
+
+
+def parse_args(argv):
+    from talkingface.config.configurator import available
+    parser = argparse.ArgumentParser(
+        description="Train, evaluate and run HyperLips talking-face models.",
+        epilog=("Any key of talkingface/properties/*.yaml can be overridden as --key=value "
+                "(values are read as YAML scalars). Example: python run_talkingface.py "
+                "--model=HyperLipsBase --dataset=demo --max_steps=200"))
+    parser.add_argument("--model", required=True, help="one of: " + ", ".join(available("model")))
+    parser.add_argument("--dataset", default="MEAD", help="one of: " + ", ".join(available("dataset")))
+    parser.add_argument("--config_files", default=None, help="space-separated YAML files applied after the defaults")
+    parser.add_argument("--mode", default=None, choices=MODES, help="train (default) | " + " | ".join(MODES[1:]))
+    parser.add_argument("--video", default=None, help="infer: input video or image")
+    parser.add_argument("--audio", default=None, help="infer: driving audio (wav, mp3 or a video file)")
+    parser.add_argument("--output", default=None, help="infer: output .mp4")
+    parser.add_argument("--checkpoint", default=None, help="evaluate/infer: checkpoint (default: the latest)")
+    args, rest = parser.parse_known_args(argv)
+    return args, rest, parser
+
+
+def overrides_from(args, rest, parser):
+    from talkingface.config import parse_value
+    overrides = {k: v for k, v in vars(args).items()
+                 if v is not None and k not in ("model", "dataset", "config_files")}
+    index = 0
+    while index < len(rest):
+        item = rest[index]
+        if not item.startswith("--"):
+            parser.error(f"unexpected argument '{item}'; settings are given as --key=value")
+        key, sep, value = item[2:].partition("=")
+        if not sep:  # --key value
+            if index + 1 >= len(rest) or rest[index + 1].startswith("--"):
+                parser.error(f"--{key} needs a value: --{key}=VALUE")
+            index += 1
+            value = rest[index]
+        overrides[key.replace("-", "_")] = parse_value(value)
+        index += 1
+    return overrides
+
+
+def main(argv=None):
+    args, rest, parser = parse_args(sys.argv[1:] if argv is None else argv)
+    from talkingface.quick_start import run
+    from talkingface.utils.errors import TalkingFaceError
+    try:
+        run(args.model, args.dataset, args.config_files, overrides_from(args, rest, parser))
+    except TalkingFaceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: checkpoints and finished clips are kept; run the same command to resume",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

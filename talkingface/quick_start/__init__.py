@@ -1,0 +1,3 @@
+from talkingface.quick_start.quick_start import run
+
+__all__ = ["run"]

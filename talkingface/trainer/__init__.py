@@ -1,0 +1,3 @@
+from talkingface.trainer.trainer import Trainer, TrainingError
+
+__all__ = ["Trainer", "TrainingError"]

@@ -1,0 +1,75 @@
+"""torch.distributed helpers: one process per GPU (or CPU process with gloo) under torchrun."""
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed():
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank():
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size():
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main_process():
+    return rank() == 0
+
+
+def launched_by_torchrun():
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
+
+
+def setup_distributed(device):
+    """Join the process group torchrun describes; returns the device this rank uses.
+
+    NCCL on CUDA, gloo on the CPU, so the same command trains on N GPUs or N CPU processes.
+    """
+    if not launched_by_torchrun() or is_distributed():
+        return device
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    else:
+        backend = "gloo"
+    dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
+    return device
+
+
+def cleanup_distributed():
+    if is_distributed():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def barrier():
+    if is_distributed():
+        dist.barrier()
+
+
+def reduce_mean(values, device):
+    """Average a dict of floats over all ranks."""
+    if not is_distributed() or not values:
+        return values
+    keys = sorted(values)
+    tensor = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    tensor /= world_size()
+    return dict(zip(keys, tensor.tolist()))
+
+
+def broadcast_object(obj):
+    """Rank 0's value of a picklable object, on every rank."""
+    if not is_distributed():
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
