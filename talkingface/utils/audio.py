@@ -1,0 +1,200 @@
+"""Audio I/O and the HyperLips mel spectrogram.
+
+Decoding goes through the ffmpeg binary shipped by imageio-ffmpeg, so any container with an audio
+stream works (wav of any rate and channel count, mp3, the track of an mp4) without a system ffmpeg.
+The mel spectrogram follows HYPERLIPS.md exactly (the Wav2Lip/HyperLips hparams), giving 80 mel
+frames per second of 16 kHz audio.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from talkingface.utils.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+N_FFT = 800
+HOP_SIZE = 200
+WIN_SIZE = 800
+NUM_MELS = 80
+FMIN = 55
+FMAX = 7600
+PREEMPHASIS = 0.97
+MIN_LEVEL_DB = -100.0
+REF_LEVEL_DB = 20.0
+MAX_ABS_VALUE = 4.0
+MEL_FRAMES_PER_SECOND = SAMPLE_RATE / HOP_SIZE  # 80
+MEL_CHUNK_LENGTH = 16  # 0.2 s of mel frames per video frame
+
+
+def ffmpeg_exe() -> str:
+    """Path of the ffmpeg binary bundled with imageio-ffmpeg."""
+    try:
+        import imageio_ffmpeg
+    except ImportError as exc:  # pragma: no cover - it is a hard requirement
+        raise InputError("imageio-ffmpeg is not installed: pip install imageio-ffmpeg") from exc
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def _check_input_file(path: str | os.PathLike, what: str) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{what} not found: {path} (check the path)")
+    if not path.is_file():
+        raise InputError(f"{what} is not a file: {path}")
+    if path.stat().st_size == 0:
+        raise InputError(f"{what} is empty (0 bytes): {path}")
+    return path
+
+
+def _ffmpeg_error_line(stderr: bytes) -> str:
+    """The most telling line of ffmpeg's error output, for a one-line message."""
+    lines = [ln.strip() for ln in stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
+    return lines[-1] if lines else "unknown ffmpeg error"
+
+
+# rematrix_maxval 1 makes the stereo -> mono downmix the plain channel mean (ffmpeg's default
+# mixes at 1/sqrt(2) each, 3 dB louder); soxr at 20-bit precision is librosa.load's default
+# resampler (soxr_hq), so decoding here gives librosa's samples and the official mels.
+_SOXR_OPTIONS = ("-resampler", "soxr", "-precision", "20")
+
+
+def _decode(path: Path, sr: int, resampler_options) -> subprocess.CompletedProcess:
+    cmd = [
+        ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error",
+        "-i", str(path), "-map", "0:a:0", "-vn", "-sn", "-dn",
+        "-ac", "1", "-rematrix_maxval", "1.0", *resampler_options, "-ar", str(int(sr)),
+        "-f", "f32le", "-acodec", "pcm_f32le", "pipe:1",
+    ]
+    return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Decode the first audio stream of any file to mono float32 at `sr` Hz (1-D).
+
+    Stereo is averaged and resampling uses soxr, like librosa.load, so the samples match it.
+    Raises InputError for a missing/empty file, a file without an audio stream, or no samples.
+    """
+    path = _check_input_file(path, "Audio file")
+    proc = _decode(path, sr, _SOXR_OPTIONS)
+    if proc.returncode != 0 and "matches no streams" not in proc.stderr.decode("utf-8", "replace"):
+        retry = _decode(path, sr, ())  # an ffmpeg build without libsoxr: its own resampler
+        if retry.returncode == 0:
+            proc = retry
+    if proc.returncode != 0:
+        err = proc.stderr.decode("utf-8", "replace")
+        if "matches no streams" in err:
+            raise InputError(f"No audio stream in {path}: give a wav/mp3 or a video with sound")
+        raise InputError(f"Cannot decode audio from {path}: {_ffmpeg_error_line(proc.stderr)}")
+    wav = np.frombuffer(proc.stdout, dtype="<f4").astype(np.float32)
+    if wav.size == 0:
+        raise InputError(f"Audio in {path} is empty (no samples decoded): use a file with sound")
+    if not np.all(np.isfinite(wav)):
+        raise InputError(f"Audio in {path} decodes to NaN/inf samples: re-encode the file")
+    return wav
+
+
+def save_wav(path: str | os.PathLike, wav: np.ndarray, sr: int = SAMPLE_RATE) -> None:
+    """Write mono float audio as 16-bit PCM wav (clipped to [-1, 1], levels kept), atomically."""
+    import soundfile as sf
+
+    wav = np.asarray(wav, dtype=np.float32)
+    if wav.ndim != 1:
+        raise InputError(f"save_wav expects mono 1-D audio, got shape {wav.shape}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.wav")
+    try:
+        sf.write(str(tmp), np.clip(wav, -1.0, 1.0), int(sr), subtype="PCM_16", format="WAV")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+@functools.lru_cache(maxsize=None)
+def _mel_basis() -> np.ndarray:
+    """Slaney mel filterbank (80, 401), built once (librosa's default float32, like the official)."""
+    import librosa
+
+    basis = librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=NUM_MELS, fmin=FMIN, fmax=FMAX)
+    basis.setflags(write=False)
+    return basis
+
+
+def melspectrogram(wav: np.ndarray) -> np.ndarray:
+    """HyperLips mel spectrogram of 16 kHz mono audio: float32 (80, T), T = len(wav)//200 + 1.
+
+    pre-emphasis 0.97 -> |STFT| (n_fft 800, hop 200, hann 800, centred, constant padding) ->
+    Slaney mel (fmin 55, fmax 7600) -> 20*log10(max(1e-5, x)) - 20 -> clip(8*(S+100)/100-4, +-4).
+    """
+    import librosa
+    from scipy.signal import lfilter
+
+    wav = np.asarray(wav)
+    if wav.ndim != 1:
+        raise InputError(f"melspectrogram expects mono 1-D audio, got shape {wav.shape}")
+    if wav.size == 0:
+        raise InputError("Cannot compute a mel spectrogram of empty audio")
+    if np.issubdtype(wav.dtype, np.integer):  # PCM samples: scale to [-1, 1]
+        wav = wav / float(np.iinfo(wav.dtype).max)
+    # float64 throughout, as the official pipeline (lfilter returns float64).
+    emphasized = lfilter([1.0, -PREEMPHASIS], [1.0], wav.astype(np.float64))
+    stft = librosa.stft(y=emphasized, n_fft=N_FFT, hop_length=HOP_SIZE, win_length=WIN_SIZE,
+                        window="hann", center=True, pad_mode="constant")
+    mel = np.dot(_mel_basis(), np.abs(stft))
+    min_level = 10.0 ** (MIN_LEVEL_DB / 20.0)  # 1e-5
+    db = 20.0 * np.log10(np.maximum(min_level, mel)) - REF_LEVEL_DB
+    normalized = (2 * MAX_ABS_VALUE) * ((db - MIN_LEVEL_DB) / (-MIN_LEVEL_DB)) - MAX_ABS_VALUE
+    return np.clip(normalized, -MAX_ABS_VALUE, MAX_ABS_VALUE).astype(np.float32)
+
+
+def mel_start(frame: int, fps: float = 25) -> int:
+    """First mel column of video frame `frame`: int(80*frame/fps) (the team's one convention)."""
+    return int(MEL_FRAMES_PER_SECOND * frame / fps)
+
+
+def mel_chunk(mel: np.ndarray, frame: int, fps: float = 25,
+              length: int = MEL_CHUNK_LENGTH) -> np.ndarray:
+    """The (80, length) mel window of video frame `frame`.
+
+    Starts at int(80*frame/fps); a window that would run past the end is right-aligned (the last
+    `length` columns). A mel shorter than `length` is padded on the right with silence (-4).
+    """
+    mel = np.asarray(mel)
+    if mel.ndim != 2:
+        raise InputError(f"mel must be 2-D (80, T), got shape {mel.shape}")
+    if frame < 0:
+        raise InputError(f"frame index must be >= 0, got {frame}")
+    n_cols = mel.shape[1]
+    if n_cols < length:
+        pad = np.full((mel.shape[0], length - n_cols), -MAX_ABS_VALUE, dtype=mel.dtype)
+        return np.concatenate([mel, pad], axis=1)
+    start = min(mel_start(frame, fps), n_cols - length)
+    return mel[:, start:start + length]
+
+
+def frame_mel_chunks(mel: np.ndarray, n_frames: int, fps: float = 25,
+                     length: int = MEL_CHUNK_LENGTH) -> np.ndarray:
+    """Per-frame mel chunks for frames 0..n_frames-1: float32 (n_frames, 80, length)."""
+    if n_frames < 0:
+        raise InputError(f"n_frames must be >= 0, got {n_frames}")
+    mel = np.asarray(mel, dtype=np.float32)
+    if n_frames == 0:
+        return np.zeros((0, mel.shape[0], length), dtype=np.float32)
+    return np.stack([mel_chunk(mel, k, fps, length) for k in range(n_frames)]).astype(np.float32)
+
+
+def n_video_frames_for_audio(n_samples: int, fps: float = 25, sr: int = SAMPLE_RATE) -> int:
+    """How many video frames at `fps` the audio covers (rounded down, at least 1 for any audio)."""
+    if n_samples <= 0:
+        return 0
+    return max(1, int(n_samples * fps / sr))
