@@ -1,0 +1,522 @@
+"""Raw videos -> the preprocessed Base layout (face crops at 25 fps, audio, mel, boxes, filelists).
+
+For every video under config["data_root"] (any depth, any common container, any fps and size):
+frames are resampled to 25 fps, the face is found with mediapipe on a downscaled frame, boxes are
+padded 10 px at the bottom and smoothed over a short window, and each frame's crop is resized to
+config["crop_size"] and written as JPEG. Frames without a face never leave an index gap: a clip is
+trimmed to its longest face-bearing run (or skipped when that run is too short to hold a training
+sample). Audio is cut to the kept frames, saved as 16 kHz mono wav, and its mel spectrogram is
+computed once (in the parent process, so workers never import librosa). Every clip is written in
+a temporary folder and renamed when complete, with `.done` inside, so an interrupted run resumes
+where it stopped; videos run in parallel worker processes (spawned, one face detector each). Bad inputs are skipped and reported in
+report.json with the reason; train/val/test filelists are split by video, reproducibly.
+"""
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import time
+import warnings
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+
+import cv2
+import numpy as np
+import soundfile as sf
+from tqdm import tqdm
+
+from talkingface.data.dataset.clip import DONE_MARKER, SPLITS, filelist_path
+from talkingface.utils.audio import load_audio, melspectrogram, save_wav
+from talkingface.utils.errors import ConfigError, InputError
+from talkingface.utils.face import FaceDetector, crop_resize, pad_box, smooth_boxes
+from talkingface.utils.registry import PREPROCESSORS
+from talkingface.utils.video import iter_frames, probe_video
+
+logger = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".flv", ".mpg", ".mpeg",
+                              ".wmv", ".ts", ".3gp"})
+MANIFEST_VERSION = 1
+TMP_PREFIX = ".tmp-"
+
+
+class SkipVideo(Exception):
+    """A video that cannot give a clip; `code` is a short reason, the message the detail."""
+
+    def __init__(self, code, detail):
+        super().__init__(detail)
+        self.code = code
+
+
+def clip_id_for(rel_path):
+    """The clip folder name of a video: its path under data_root with '/' -> '__', no extension."""
+    return os.path.splitext(rel_path)[0].replace(os.sep, "__").replace("/", "__")
+
+
+def find_videos(data_root, exclude=None):
+    """Relative paths of every video file under `data_root` (any depth), sorted."""
+    exclude = os.path.abspath(exclude) if exclude else None
+    found = []
+    for dirpath, dirnames, filenames in os.walk(data_root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+                             and os.path.abspath(os.path.join(dirpath, d)) != exclude)
+        for name in filenames:
+            if not name.startswith(".") and os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS:
+                found.append(os.path.relpath(os.path.join(dirpath, name), data_root))
+    return sorted(found)
+
+
+def _hash(data):
+    return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _source_stamp(path):
+    stat = os.stat(path)
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def split_clip_ids(clip_ids, val_ratio, test_ratio, seed):
+    """Split clip ids into train/val/test without replacement, reproducibly.
+
+    Each id gets a seeded hash; the lowest hashes go to val, the next to test. Adding a video
+    therefore moves at most a boundary clip. With >= 2 clips, val gets at least one (when
+    val_ratio > 0) and train always keeps at least one.
+    """
+    ordered = sorted(set(clip_ids), key=lambda c: hashlib.sha1(f"{seed}:{c}".encode()).hexdigest())
+    n = len(ordered)
+    n_val = int(round(n * val_ratio))
+    n_test = int(round(n * test_ratio))
+    if n >= 2 and val_ratio > 0:
+        n_val = max(1, n_val)
+    while n_val + n_test > max(0, n - 1):
+        if n_test > 0:
+            n_test -= 1
+        else:
+            n_val -= 1
+    return {"val": sorted(ordered[:n_val]), "test": sorted(ordered[n_val:n_val + n_test]),
+            "train": sorted(ordered[n_val + n_test:])}
+
+
+# ----------------------------------------------------------------------------------------------
+# One video -> one clip folder (runs in a worker process)
+
+_worker_detector = None
+
+
+def _init_worker(detect_max_side):
+    global _worker_detector
+    cv2.setNumThreads(1)  # one worker per core: OpenCV's own threads would only contend
+    # Each worker would repeat mediapipe's protobuf deprecation warning.
+    warnings.filterwarnings("ignore", category=UserWarning, module="google.protobuf")
+    _worker_detector = FaceDetector(max_side=detect_max_side)
+
+
+def _pool_task(task):
+    return process_video(task, _worker_detector)
+
+
+def process_video(task, detector):
+    """Frames, boxes, audio and meta of one video into task["tmp_dir"]; returns a report entry.
+
+    Never raises for a bad input (the entry says why it was skipped). The clip is finished by
+    `finalize_clip` (mel spectrogram, .done, rename), which runs in the parent process: the
+    workers then never import librosa/scipy, which costs seconds per process.
+    """
+    start = time.time()
+    entry = {"video": task["rel"], "clip_id": task["clip_id"]}
+    try:
+        entry.update(_process_video(task, detector))
+        entry["status"] = "ok"
+    except SkipVideo as skip:
+        entry.update(status="skipped", reason=skip.code, detail=str(skip))
+    except InputError as exc:
+        entry.update(status="skipped", reason="unreadable", detail=str(exc))
+    except Exception as exc:  # a bug or an odd file: report it, keep the run going
+        logger.exception("unexpected error while preprocessing %s", task["path"])
+        entry.update(status="skipped", reason="error", detail=f"{type(exc).__name__}: {exc}")
+    if entry["status"] != "ok":
+        shutil.rmtree(task["tmp_dir"], ignore_errors=True)
+    entry["seconds"] = round(time.time() - start, 3)
+    return entry
+
+
+def finalize_clip(task, entry):
+    """mel.npy from the clip's audio.wav, then `.done`, then rename the folder into place."""
+    if entry["status"] != "ok":
+        return entry
+    tmp_dir = task["tmp_dir"]
+    try:
+        wav, sr = sf.read(os.path.join(tmp_dir, "audio.wav"), dtype="float32")
+        np.save(os.path.join(tmp_dir, "mel.npy"), melspectrogram(wav).astype(np.float32))
+        with open(os.path.join(tmp_dir, DONE_MARKER), "w", encoding="utf-8") as f:
+            f.write("ok\n")
+        if os.path.exists(task["clip_dir"]):
+            shutil.rmtree(task["clip_dir"])
+        os.replace(tmp_dir, task["clip_dir"])
+    except Exception as exc:
+        logger.exception("could not finish clip %s", task["clip_id"])
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        entry = dict(entry, status="skipped", reason="error", detail=f"{type(exc).__name__}: {exc}")
+    return entry
+
+
+def _probe(path):
+    if os.path.getsize(path) == 0:
+        raise SkipVideo("empty_file", f"{path} is empty (0 bytes)")
+    try:
+        info = probe_video(path)
+    except InputError as exc:
+        code = "no_video_stream" if "No video stream" in str(exc) else "unreadable"
+        raise SkipVideo(code, str(exc)) from None
+    if not info.has_audio:
+        raise SkipVideo("no_audio_stream", f"{path} has no audio stream: a training clip needs its speech")
+    return info
+
+
+class _FaceRuns:
+    """Streams frames, detects faces and writes crops as soon as their smoothed box is final.
+
+    Boxes are smoothed within each run of consecutive face-bearing frames; the smoother is a
+    short centred window, so a frame's box is final once `lookahead` later frames are known (or
+    its run has ended). Only those few frames are held in memory.
+    """
+
+    def __init__(self, task, detector, width, height):
+        self.task, self.detector = task, detector
+        self.width, self.height = width, height
+        self.window = task["box_smooth_window"]
+        self.lookahead = max(1, self.window)
+        self.runs = []  # (start, stop) of finished runs, in 25 fps frame indices
+        self.run_start = None
+        self.run_boxes = []  # padded raw boxes of the current run
+        self.pending = deque()  # (index, frame) not yet written
+        self.boxes = {}  # frame index -> final crop box
+        self.multi_face_frames = 0
+
+    def add(self, index, frame):
+        faces = self.detector.detect(frame)
+        if len(faces) > 1:
+            self.multi_face_frames += 1
+        if not faces:
+            self.end_run(index)
+            return
+        if self.run_start is None:
+            self.run_start = index
+        box = pad_box(faces[0][:4], bottom=self.task["face_pad_bottom"], width=self.width, height=self.height)
+        self.run_boxes.append(box)
+        self.pending.append((index, frame))
+        while self.pending and index - self.pending[0][0] >= self.lookahead:
+            self._write(*self.pending.popleft(), run_stop=None)
+
+    def end_run(self, stop):
+        while self.pending:
+            self._write(*self.pending.popleft(), run_stop=stop)
+        if self.run_start is not None:
+            self.runs.append((self.run_start, stop))
+        self.run_start, self.run_boxes = None, []
+
+    def _write(self, index, frame, run_stop):
+        # Smooth a slice around the frame: identical to smoothing the whole run (local window).
+        k = index - self.run_start
+        lo = max(0, k - self.lookahead)
+        hi = len(self.run_boxes) if run_stop is not None else min(len(self.run_boxes), k + self.lookahead + 1)
+        box = smooth_boxes(np.asarray(self.run_boxes[lo:hi]), window=self.window)[k - lo]
+        self.boxes[index] = box
+        crop = crop_resize(frame, box, self.task["crop_size"])
+        path = os.path.join(self.task["tmp_dir"], f"{index}.jpg")
+        if not cv2.imwrite(path, crop, [cv2.IMWRITE_JPEG_QUALITY, self.task["jpeg_quality"]]):
+            raise OSError(f"cannot write {path}")
+
+
+def _process_video(task, detector):
+    path, fps, sr = task["path"], task["fps"], task["sample_rate"]
+    info = _probe(path)
+    notes = []
+    try:
+        wav = load_audio(path, sr=sr)
+    except InputError as exc:
+        raise SkipVideo("no_audio_stream", str(exc)) from None
+    samples_per_frame = sr / fps
+    audio_frames = int(len(wav) / samples_per_frame + 1e-6)  # frames the audio fully covers
+    if audio_frames < task["min_clip_frames"]:
+        raise SkipVideo("too_short", f"audio covers {audio_frames} frames at {fps:g} fps, "
+                                     f"need >= {task['min_clip_frames']}")
+
+    shutil.rmtree(task["tmp_dir"], ignore_errors=True)  # a leftover of a worker that died
+    os.makedirs(task["tmp_dir"])
+    runs = _FaceRuns(task, detector, info.width, info.height)
+    n_decoded = 0
+    frames = iter_frames(path, fps=fps)
+    try:
+        for index, frame in enumerate(frames):
+            if index >= audio_frames:  # frames past the end of the audio have no speech to learn from
+                notes.append(f"video longer than its audio: cut at {audio_frames} frames")
+                break
+            if index == 0 and frame.shape[:2] != (info.height, info.width):
+                runs.width, runs.height = frame.shape[1], frame.shape[0]
+            runs.add(index, frame)
+            n_decoded = index + 1
+    finally:
+        if hasattr(frames, "close"):
+            frames.close()  # releases the decoder now, not at garbage collection
+    runs.end_run(n_decoded)
+    if n_decoded == 0:
+        raise SkipVideo("unreadable", f"no frame could be decoded from {path}")
+    if not runs.runs:
+        raise SkipVideo("no_face", f"no face detected in any of {n_decoded} frames")
+    first, stop = max(runs.runs, key=lambda r: (r[1] - r[0], -r[0]))
+    n_frames = stop - first
+    if n_frames < task["min_clip_frames"]:
+        raise SkipVideo("too_short", f"longest face-bearing run is {n_frames} frames "
+                                     f"(of {n_decoded}), need >= {task['min_clip_frames']}")
+    if n_frames < n_decoded:
+        notes.append(f"trimmed to frames {first}..{stop - 1} of {n_decoded} "
+                     f"({n_decoded - sum(b - a for a, b in runs.runs)} frames without a face)")
+    if runs.multi_face_frames:
+        notes.append(f"several faces in {runs.multi_face_frames} frames: kept the largest/most central")
+
+    # Renumber the kept run 0..n-1 and drop everything else: no index gaps.
+    kept = set(range(first, stop))
+    for name in os.listdir(task["tmp_dir"]):
+        index = int(name.split(".")[0])
+        if index not in kept:
+            os.remove(os.path.join(task["tmp_dir"], name))
+    if first:
+        for index in range(first, stop):
+            os.rename(os.path.join(task["tmp_dir"], f"{index}.jpg"),
+                      os.path.join(task["tmp_dir"], f"{index - first}.jpg"))
+
+    clip_wav = wav[int(round(first * samples_per_frame)):int(round(stop * samples_per_frame))]
+    save_wav(os.path.join(task["tmp_dir"], "audio.wav"), clip_wav, sr)
+    boxes = np.stack([runs.boxes[i] for i in range(first, stop)]).astype(np.float32)
+    np.save(os.path.join(task["tmp_dir"], "boxes.npy"), boxes)
+    meta = {"source": os.path.abspath(path), "source_rel": task["rel"], "fps": fps, "n_frames": n_frames,
+            "width": runs.width, "height": runs.height, "first_frame": first,
+            "source_fps": info.fps, "sample_rate": sr, "crop_size": task["crop_size"],
+            "params_hash": task["params_hash"], "source_stamp": task["stamp"], "notes": notes}
+    with open(os.path.join(task["tmp_dir"], "meta.json"), "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=1)
+    return {"n_frames": n_frames, "first_frame": first, "notes": notes}
+
+
+# ----------------------------------------------------------------------------------------------
+
+@PREPROCESSORS.register("HyperLipsBasePreprocessor")
+class HyperLipsBasePreprocessor:
+    """Keeps config["preprocessed_root"] in step with the videos under config["data_root"].
+
+        pre = HyperLipsBasePreprocessor(config)
+        if pre.is_stale():
+            pre.run()
+    """
+
+    def __init__(self, config):
+        self.config = config
+        self.data_root = config["data_root"]
+        self.root = config["preprocessed_root"]
+        # Settings that change the content of a clip folder (a change redoes every clip).
+        self.params = {"fps": config["fps"], "sample_rate": config["sample_rate"], "crop_size": config["crop_size"],
+                       "face_pad_bottom": config["face_pad_bottom"], "box_smooth_window": config["box_smooth_window"],
+                       "detect_max_side": config["detect_max_side"], "min_clip_frames": config["min_clip_frames"],
+                       "jpeg_quality": config["jpeg_quality"]}
+        # Settings that only change the filelists.
+        self.split_params = {"val_ratio": config["val_ratio"], "test_ratio": config["test_ratio"],
+                             "split_seed": config["split_seed"]}
+        self.workers = int(config["num_preprocess_workers"]) or _usable_cpus()
+        self.generate_demo = bool(config["generate_demo"])
+        self._check_params()
+
+    def _check_params(self):
+        if self.params["sample_rate"] != 16000:
+            raise ConfigError("sample_rate must be 16000: the HyperLips mel spectrogram is defined for 16 kHz")
+        if self.params["fps"] <= 0:
+            raise ConfigError(f"fps must be positive, got {self.params['fps']}")
+        if self.params["min_clip_frames"] < 2 * self.config["syncnet_T"]:
+            raise ConfigError(f"min_clip_frames must be >= 2*syncnet_T = {2 * self.config['syncnet_T']} "
+                              "(a target window and a disjoint reference window)")
+        for key in ("val_ratio", "test_ratio"):
+            if not 0 <= self.split_params[key] < 1:
+                raise ConfigError(f"{key} must lie in [0, 1), got {self.split_params[key]}")
+
+    @property
+    def manifest_path(self):
+        return os.path.join(self.root, "manifest.json")
+
+    def _demo_settings(self):
+        return dict(num_clips=self.config["demo_num_clips"], seconds=self.config["demo_clip_seconds"],
+                    size=self.config["demo_frame_size"])
+
+    def ensure_raw_data(self):
+        """Generate the embedded demo clips when this dataset asks for them."""
+        if self.generate_demo:
+            from talkingface.data.dataprocess.demo import ensure_demo_dataset
+
+            ensure_demo_dataset(self.data_root, **self._demo_settings())
+
+    def current_manifest(self):
+        videos = {rel: _source_stamp(os.path.join(self.data_root, rel))
+                  for rel in find_videos(self.data_root, exclude=self.root)} if os.path.isdir(self.data_root) else {}
+        return {"version": MANIFEST_VERSION, "params": self.params, "split": self.split_params, "videos": videos}
+
+    def is_stale(self):
+        """True when the preprocessed data is missing, incomplete or made from other videos/settings."""
+        if self.generate_demo:
+            from talkingface.data.dataprocess.demo import demo_is_current
+
+            if not demo_is_current(self.data_root, **self._demo_settings()):
+                return True
+        try:
+            with open(self.manifest_path, encoding="utf-8") as f:
+                saved = json.load(f)
+        except (OSError, ValueError):
+            return True
+        if saved.get("manifest") != self.current_manifest():
+            return True
+        for split in SPLITS:
+            path = filelist_path(self.root, split)
+            if not os.path.isfile(path):
+                return True
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    if line.strip() and not os.path.isfile(os.path.join(self.root, line.strip(), DONE_MARKER)):
+                        return True
+        return False
+
+    def _clip_is_current(self, clip_dir, stamp, params_hash):
+        if not os.path.isfile(os.path.join(clip_dir, DONE_MARKER)):
+            return None
+        try:
+            with open(os.path.join(clip_dir, "meta.json"), encoding="utf-8") as f:
+                meta = json.load(f)
+        except (OSError, ValueError):
+            return None
+        if meta.get("params_hash") != params_hash or meta.get("source_stamp") != stamp:
+            return None
+        return meta
+
+    def run(self):
+        """Preprocess every new or changed video, then write report, filelists and manifest."""
+        self.ensure_raw_data()
+        if not os.path.isdir(self.data_root):
+            raise InputError(f"data_root {self.data_root} does not exist: put the raw videos there")
+        os.makedirs(self.root, exist_ok=True)
+        manifest = self.current_manifest()
+        if not manifest["videos"]:
+            raise InputError(f"no video files under {self.data_root}: put the raw videos there "
+                             f"(extensions {', '.join(sorted(VIDEO_EXTENSIONS))})")
+        for name in os.listdir(self.root):  # leftovers of an interrupted run
+            if name.startswith(TMP_PREFIX):
+                shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
+        params_hash = _hash(self.params)
+        report, tasks, seen = {}, [], {}
+        for rel, stamp in manifest["videos"].items():
+            clip_id = clip_id_for(rel)
+            if clip_id in seen:
+                report[rel] = {"video": rel, "clip_id": clip_id, "status": "skipped", "reason": "duplicate_clip_id",
+                               "detail": f"same clip id as {seen[clip_id]}: rename one of them"}
+                continue
+            seen[clip_id] = rel
+            clip_dir = os.path.join(self.root, clip_id)
+            meta = self._clip_is_current(clip_dir, stamp, params_hash)
+            if meta is not None:
+                report[rel] = {"video": rel, "clip_id": clip_id, "status": "ok", "n_frames": meta["n_frames"],
+                               "first_frame": meta["first_frame"], "notes": meta.get("notes", []), "reused": True}
+                continue
+            if os.path.isdir(clip_dir):  # incomplete or out of date: redo from scratch
+                shutil.rmtree(clip_dir)
+            tasks.append(dict(self.params, path=os.path.join(self.data_root, rel), rel=rel, clip_id=clip_id,
+                              clip_dir=clip_dir, tmp_dir=os.path.join(self.root, TMP_PREFIX + clip_id),
+                              stamp=stamp, params_hash=params_hash))
+        n_reused = len(report) - sum(e["status"] != "ok" for e in report.values())
+        logger.info("preprocessing %d videos from %s into %s (%d already done, %d workers)",
+                    len(tasks), self.data_root, self.root, n_reused, min(self.workers, max(1, len(tasks))))
+        for entry in self._process_all(tasks):
+            report[entry["video"]] = entry
+            if entry["status"] != "ok":
+                logger.warning("skipped %s: %s (%s)", entry["video"], entry["reason"], entry["detail"])
+            for note in entry.get("notes", []):
+                logger.info("%s: %s", entry["video"], note)
+        self._write_outputs(report, manifest)
+        return report
+
+    def _process_all(self, tasks):
+        """Yield the report entry of every task, from worker processes when there are several."""
+        # Imported here: it pulls in torch, which spawned workers (importing this module) never need.
+        from talkingface.utils.distributed import is_main_process
+
+        # Big files first, so no worker is left with a long video at the end.
+        tasks = sorted(tasks, key=lambda t: -t["stamp"]["size"])
+        workers = min(self.workers, len(tasks))
+        bar = tqdm(total=len(tasks), desc="preprocess", unit="video", disable=not is_main_process())
+        remaining = {task["clip_id"]: task for task in tasks}
+        try:
+            if workers > 1:
+                try:
+                    for entry in self._pool_results(tasks, workers):
+                        task = remaining.pop(entry["clip_id"])
+                        bar.update()
+                        yield finalize_clip(task, entry)
+                except BrokenProcessPool:
+                    logger.warning("preprocessing workers could not start or died; doing the remaining %d "
+                                   "videos in this process", len(remaining))
+            if remaining:
+                detector = FaceDetector(max_side=self.params["detect_max_side"])
+                try:
+                    for task in list(remaining.values()):
+                        entry = finalize_clip(task, process_video(task, detector))
+                        bar.update()
+                        yield entry
+                finally:
+                    detector.close()
+        finally:
+            bar.close()
+
+    def _pool_results(self, tasks, workers):
+        # spawn: fresh interpreters, safe whatever threads (mediapipe, torch) the parent runs;
+        # fork could deadlock on a lock held by such a thread.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                                 initargs=(self.params["detect_max_side"],)) as pool:
+            futures = [pool.submit(_pool_task, task) for task in tasks]
+            for future in as_completed(futures):
+                yield future.result()
+
+    def _write_outputs(self, report, manifest):
+        ok = sorted(e["clip_id"] for e in report.values() if e["status"] == "ok")
+        _write_json(os.path.join(self.root, "report.json"), dict(sorted(report.items())))
+        if not ok:
+            raise InputError(f"no usable clip in {self.data_root}: every video was skipped "
+                             f"(reasons in {os.path.join(self.root, 'report.json')})")
+        splits = split_clip_ids(ok, self.split_params["val_ratio"], self.split_params["test_ratio"],
+                                self.split_params["split_seed"])
+        os.makedirs(os.path.join(self.root, "filelists"), exist_ok=True)
+        for split, clip_ids in splits.items():
+            _write_text(filelist_path(self.root, split), "".join(f"{c}\n" for c in clip_ids))
+        skipped = len(report) - len(ok)
+        logger.info("preprocessed data ready in %s: %d clips (train %d, val %d, test %d), %d files skipped%s",
+                    self.root, len(ok), len(splits["train"]), len(splits["val"]), len(splits["test"]), skipped,
+                    " (see report.json)" if skipped else "")
+        # Written last: its presence says the whole preprocessing finished.
+        _write_json(self.manifest_path, {"manifest": manifest})
+
+
+def _usable_cpus():
+    """CPUs this process may run on (the affinity mask, not the host's count, in containers)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _write_text(path, text):
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _write_json(path, data):
+    _write_text(path, json.dumps(data, indent=1, sort_keys=False) + "\n")

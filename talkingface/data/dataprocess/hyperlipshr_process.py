@@ -1,0 +1,421 @@
+"""HR-stage preprocessing: Base data + a Base checkpoint -> the HR decoder's training data.
+
+For every clip of the Base data (train + val + test filelists) the Base model regenerates the
+face from the clip's own audio (HYPER_IMG); the face mesh of the original crop gives the lip mask
+and box (GT_MASK), the mesh of the Base output gives the decoder's sketch (HYPER_SKETCH).
+
+Layout, under `hr_root(config)` = <preprocessed_root>/hr_<img_size>/ (derived here, so no YAML
+edit is ever needed between the Base and HR stages):
+    state.json                 what the data was made from (Base checkpoint, settings, clips)
+    <clip_id>/
+        GT_IMG/k.jpg           original face crop at img_size (BGR)
+        GT_MASK/k.png          mouth polygon from the mesh of GT_IMG, img_size, {0,255}
+        GT_SKETCH/k.png        sketch of GT_IMG at img_size (kept for inspection; not a loss input)
+        HYPER_IMG/k.png        Base output for the same crop box, stored at its native 128 px
+        HYPER_SKETCH/k.png     sketch of HYPER_IMG at 128 px (draw_sketch, 6 px lines)
+        lip_boxes.npy          int32 (n, 4) x1, y1, x2, y2 (x2/y2 exclusive) in img_size pixels;
+                               the default lower-face box where the mask is empty
+        gt_landmarks.npy, hyper_landmarks.npy   float32 (n, 468, 2), NaN where no face at all
+        meta.json              n_frames and which frames had their landmarks interpolated
+        .done                  written last: what the clip was made from
+Frames k = 0..n-1 with no gaps. Masks and sketches are PNG because JPEG ringing around white lines
+would survive the decoder's "> 0" threshold; HYPER_IMG is PNG so that the decoder trains on the
+exact pixels the Base model gives it at inference.
+"""
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from talkingface.utils.checkpoint import CHECKPOINT_PATTERN, latest_checkpoint
+from talkingface.utils.distributed import is_main_process
+from talkingface.utils.errors import CheckpointError, InputError
+from talkingface.utils.registry import PREPROCESSORS
+
+logger = logging.getLogger(__name__)
+
+BASE_SIZE = 128          # the Base model's (and the HR decoder's input) resolution
+FORMAT_VERSION = 1       # bump when the layout or the way it is computed changes
+SPLITS = ("train", "val", "test")
+IMAGE_FOLDERS = ("GT_IMG", "GT_MASK", "GT_SKETCH", "HYPER_IMG", "HYPER_SKETCH")
+JPEG_QUALITY = 95
+
+
+# ---------------------------------------------------------------------------- paths
+def hr_root(config):
+    """Folder of the HR data for this dataset and resolution."""
+    return os.path.join(config["preprocessed_root"], f"hr_{int(config['img_size'])}")
+
+
+def hr_clip_dir(config, clip_id):
+    return os.path.join(hr_root(config), clip_id)
+
+
+def base_checkpoint_dir(config):
+    return os.path.join(config["checkpoint_root"], config["dataset"], "HyperLipsBase")
+
+
+def resolve_base_checkpoint(config):
+    """config["base_checkpoint"] when set, else the latest checkpoint of the Base stage."""
+    explicit = config["base_checkpoint"]
+    if explicit:
+        if not os.path.isfile(explicit):
+            raise CheckpointError(f"base_checkpoint {explicit} does not exist: fix --base_checkpoint "
+                                  f"or leave it empty to use the latest in {base_checkpoint_dir(config)}/")
+        return explicit
+    folder = base_checkpoint_dir(config)
+    latest = latest_checkpoint(folder)
+    if latest is None:
+        raise CheckpointError(f"no HyperLipsBase checkpoint in {folder}/: run `python run_talkingface.py "
+                              f"--model=HyperLipsBase --dataset={config['dataset']}` first")
+    return latest
+
+
+def checkpoint_fingerprint(path):
+    stat = os.stat(path)
+    match = CHECKPOINT_PATTERN.search(os.path.basename(path))
+    return {"path": os.path.abspath(path), "step": int(match.group(1)) if match else None,
+            "mtime_ns": stat.st_mtime_ns, "size": stat.st_size}
+
+
+def default_lip_box(size):
+    """Lower-face box used when a frame's lip mask is empty (no face found anywhere in the clip)."""
+    return (size // 4, int(size * 0.55), size - size // 4, int(size * 0.95))
+
+
+def frame_path(clip_dir, folder, k):
+    ext = "jpg" if folder == "GT_IMG" else "png"
+    return os.path.join(clip_dir, folder, f"{k}.{ext}")
+
+
+# ---------------------------------------------------------------------------- landmarks
+def fill_missing_landmarks(landmarks):
+    """List of (468,2) arrays or None -> (float32 (n,468,2), indices that were filled).
+
+    Frames where the mesh found no face get landmarks interpolated linearly from the nearest
+    frames that have them (copied at the ends). A clip without any face gives all-NaN landmarks.
+    """
+    n = len(landmarks)
+    found = [k for k, lm in enumerate(landmarks) if lm is not None]
+    out = np.full((n, 468, 2), np.nan, dtype=np.float32)
+    missing = [k for k in range(n) if landmarks[k] is None]
+    if not found:
+        return out, missing
+    stacked = np.stack([landmarks[k] for k in found]).astype(np.float32)
+    out[found] = stacked
+    if missing:
+        flat = stacked.reshape(len(found), -1)
+        filled = np.stack([np.interp(missing, found, flat[:, j]) for j in range(flat.shape[1])], axis=1)
+        out[missing] = filled.reshape(len(missing), 468, 2)
+    return out, missing
+
+
+def valid(landmarks):
+    return landmarks is not None and bool(np.isfinite(landmarks).all())
+
+
+# ---------------------------------------------------------------------------- Base output
+def load_base_model(path, device):
+    from talkingface.model import load_network
+    # channels_last: the same numbers, faster convolutions (oneDNN on the CPU, cuDNN on GPUs).
+    model = load_network("HyperLipsBase", path).to(device, memory_format=torch.channels_last).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+@torch.no_grad()
+def generate_hyper_frames(model, clip, device, batch_size):
+    """The Base model's output for every frame of `clip` from its own audio: uint8 (n,128,128,3).
+
+    Inputs as at inference: the frame with its lower half zeroed next to a reference (the clip's
+    first frame), and the mel chunk of frame k (the team's one mel/frame convention).
+    """
+    from talkingface.utils.audio import frame_mel_chunks
+    n = clip.n_frames
+    faces = np.stack([clip.frame(k, BASE_SIZE) for k in range(n)])
+    chunks = torch.from_numpy(frame_mel_chunks(clip.mel, n)).unsqueeze(1)  # (n,1,80,16)
+    reference = torch.from_numpy(faces[0]).permute(2, 0, 1).float().div(255)
+    outputs = []
+    for start in range(0, n, batch_size):
+        target = torch.from_numpy(faces[start:start + batch_size]).permute(0, 3, 1, 2).float().div(255)
+        target[:, :, BASE_SIZE // 2:] = 0
+        face = torch.cat([target, reference.expand_as(target)], dim=1).to(
+            device, memory_format=torch.channels_last)
+        audio = chunks[start:start + batch_size].to(device)
+        generated = model(audio, face).float().clamp(0, 1)
+        outputs.append(generated.mul(255).round().byte().permute(0, 2, 3, 1).cpu().numpy())
+    return np.concatenate(outputs)
+
+
+# ---------------------------------------------------------------------------- ground truth
+def iter_gt_frames(clip, img_size, data_root):
+    """(iterator of the clip's original crops at img_size, where they come from).
+
+    From the Base crops, or re-cut from the source video with the clip's boxes when the Base crops
+    are smaller than img_size (so 256/512 training sees real detail, not upscaling). Frames are
+    streamed: a long clip at 512 px never sits in memory.
+    """
+    base_size = stored_crop_size(clip)
+    if base_size >= img_size:
+        return (clip.frame(k, img_size) for k in range(clip.n_frames)), "base_crops"
+    source = _source_path(clip, data_root)
+    if source is None:
+        logger.warning("%s: source video not found; GT_IMG upscaled from the %d px Base crops", clip.id, base_size)
+        return (clip.frame(k, img_size) for k in range(clip.n_frames)), "upscaled"
+    return _recut_frames(clip, source, img_size), "source_video"
+
+
+def _recut_frames(clip, source, img_size):
+    from talkingface.utils.face import crop_resize
+    from talkingface.utils.video import iter_frames
+    first, n, k = int(clip.meta.get("first_frame", 0)), clip.n_frames, 0
+    frames = iter_frames(source, fps=clip.fps)
+    try:
+        for index, frame in enumerate(frames):
+            if index >= first + n:
+                break
+            if index >= first:
+                yield crop_resize(frame, clip.boxes[k], img_size)
+                k += 1
+    finally:
+        if hasattr(frames, "close"):
+            frames.close()  # releases the decoder now
+    if k < n:  # the source decodes shorter than when it was preprocessed
+        logger.warning("%s: source video ended early; last %d GT frames upscaled", clip.id, n - k)
+        for j in range(k, n):
+            yield clip.frame(j, img_size)
+
+
+def stored_crop_size(clip):
+    """Side of the Base crops on disk (config["crop_size"] when they were made)."""
+    if clip.meta.get("crop_size"):
+        return int(clip.meta["crop_size"])
+    path = os.path.join(clip.dir, "0.jpg")
+    image = cv2.imread(path)
+    if image is None:
+        raise InputError(f"cannot read {path}: delete {clip.dir}/.done and run again to redo the clip")
+    return image.shape[0]
+
+
+def _source_path(clip, data_root):
+    source = clip.meta.get("source")
+    if not source:
+        return None
+    for candidate in (source, os.path.join(data_root, source)):
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+# ---------------------------------------------------------------------------- one clip
+_worker_mesh = None
+
+
+def _mesh():
+    """One FaceMesh per process (mediapipe graphs are not picklable, and cheap to keep)."""
+    global _worker_mesh
+    if _worker_mesh is None:
+        from talkingface.utils.face import FaceMesh
+        _worker_mesh = FaceMesh(static_image_mode=True)
+    return _worker_mesh
+
+
+def write_hr_clip(job):
+    """Mesh, masks, sketches and files of one clip; returns (clip_id, n_frames, summary).
+
+    `job`: clip_dir, out_dir, img_size, data_root, hyper (uint8 (n,128,128,3)), done (the .done
+    text). Runs in a pool worker or in the main process.
+    """
+    from talkingface.data.dataset.clip import Clip
+    from talkingface.utils.sketch import draw_sketch, lip_box, lip_mask
+
+    clip = Clip(job["clip_dir"])
+    out_dir, size, hyper = job["out_dir"], int(job["img_size"]), job["hyper"]
+    clip_id = clip.id
+    n = min(clip.n_frames, len(hyper))
+    if os.path.isdir(out_dir):  # a half-written earlier attempt
+        shutil.rmtree(out_dir)
+    for folder in IMAGE_FOLDERS:
+        os.makedirs(os.path.join(out_dir, folder))
+
+    # Images first (streamed), keeping only their landmarks: masks and sketches need no pixels.
+    mesh = _mesh()
+    jpeg = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
+    gt_frames, gt_source = iter_gt_frames(clip, size, job["data_root"])
+    gt_found = []
+    for k, frame in zip(range(n), gt_frames):
+        cv2.imwrite(frame_path(out_dir, "GT_IMG", k), frame, jpeg)
+        gt_found.append(mesh.landmarks(frame))
+    if hasattr(gt_frames, "close"):
+        gt_frames.close()
+    n = len(gt_found)
+    hyper_found = []
+    for k in range(n):
+        cv2.imwrite(frame_path(out_dir, "HYPER_IMG", k), hyper[k])
+        hyper_found.append(mesh.landmarks(hyper[k]))
+    gt_landmarks, gt_missing = fill_missing_landmarks(gt_found)
+    hyper_landmarks, hyper_missing = fill_missing_landmarks(hyper_found)
+
+    boxes = np.zeros((n, 4), dtype=np.int32)
+    empty_masks = 0
+    for k in range(n):
+        gt_lm = gt_landmarks[k] if valid(gt_landmarks[k]) else None
+        hyper_lm = hyper_landmarks[k] if valid(hyper_landmarks[k]) else None
+        mask = lip_mask(gt_lm, size, size)
+        box = lip_box(mask)
+        if box is None:
+            empty_masks += 1
+            box = default_lip_box(size)
+        boxes[k] = box
+        gt_sketch = draw_sketch(gt_lm, size) if gt_lm is not None else np.zeros((size, size, 3), np.uint8)
+        hyper_sketch = (draw_sketch(hyper_lm, BASE_SIZE) if hyper_lm is not None
+                        else np.zeros((BASE_SIZE, BASE_SIZE, 3), np.uint8))
+        cv2.imwrite(frame_path(out_dir, "GT_MASK", k), mask)
+        cv2.imwrite(frame_path(out_dir, "GT_SKETCH", k), gt_sketch)
+        cv2.imwrite(frame_path(out_dir, "HYPER_SKETCH", k), hyper_sketch)
+    np.save(os.path.join(out_dir, "lip_boxes.npy"), boxes)
+    np.save(os.path.join(out_dir, "gt_landmarks.npy"), gt_landmarks)
+    np.save(os.path.join(out_dir, "hyper_landmarks.npy"), hyper_landmarks)
+    summary = {"n_frames": n, "img_size": size, "gt_source": gt_source,
+               "gt_landmarks_interpolated": gt_missing if len(gt_missing) < n else "all",
+               "hyper_landmarks_interpolated": hyper_missing if len(hyper_missing) < n else "all",
+               "empty_lip_masks": empty_masks}
+    with open(os.path.join(out_dir, "meta.json"), "w") as f:
+        json.dump(summary, f)
+    with open(os.path.join(out_dir, ".done"), "w") as f:
+        f.write(job["done"])
+    return clip_id, n, summary
+
+
+# ---------------------------------------------------------------------------- the preprocessor
+@PREPROCESSORS.register("HyperLipsHRPreprocessor")
+class HyperLipsHRPreprocessor:
+    """Makes (or brings up to date) the HR data; see the module docstring for the layout."""
+
+    def __init__(self, config):
+        self.config = config
+        self.root = hr_root(config)
+
+    # -- what the data depends on
+    def base_preprocessor(self):
+        return PREPROCESSORS.get("HyperLipsBasePreprocessor")(self.config)
+
+    def clip_dirs(self):
+        from talkingface.data.dataset.clip import read_filelist
+        dirs = []
+        for split in SPLITS:
+            dirs += [d for d in read_filelist(self.config, split) if d not in dirs]
+        return dirs
+
+    def state(self, checkpoint, clip_dirs):
+        return {"format": FORMAT_VERSION, "img_size": int(self.config["img_size"]),
+                "base_size": BASE_SIZE, "base_checkpoint": checkpoint_fingerprint(checkpoint),
+                "clips": sorted(os.path.basename(os.path.normpath(d)) for d in clip_dirs)}
+
+    @staticmethod
+    def clip_done_text(clip_dir):
+        """A clip is redone when its Base data was rewritten since (its .done changed)."""
+        stat = os.stat(os.path.join(clip_dir, ".done"))
+        return json.dumps({"base_done_mtime_ns": stat.st_mtime_ns})
+
+    def _read_state(self):
+        try:
+            with open(os.path.join(self.root, "state.json")) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
+
+    def _clip_is_done(self, clip_dir):
+        marker = os.path.join(self.root, os.path.basename(os.path.normpath(clip_dir)), ".done")
+        try:
+            with open(marker) as f:
+                return f.read() == self.clip_done_text(clip_dir)
+        except OSError:
+            return False
+
+    def is_stale(self):
+        if self.base_preprocessor().is_stale():
+            return True
+        try:
+            checkpoint = resolve_base_checkpoint(self.config)
+        except CheckpointError:
+            return True  # run() says what to do
+        clip_dirs = self.clip_dirs()
+        if self._read_state() != self.state(checkpoint, clip_dirs):
+            return True
+        return not all(self._clip_is_done(d) for d in clip_dirs)
+
+    # -- making it
+    def run(self):
+        config = self.config
+        base = self.base_preprocessor()
+        if base.is_stale():
+            base.run()
+        checkpoint = resolve_base_checkpoint(config)
+        clip_dirs = self.clip_dirs()
+        state = self.state(checkpoint, clip_dirs)
+        if self._read_state() != state:
+            if os.path.isdir(self.root):
+                logger.info("HR data in %s is out of date (Base checkpoint, settings or clips changed): "
+                            "making it again", self.root)
+                shutil.rmtree(self.root)
+            os.makedirs(self.root)
+            with open(os.path.join(self.root, "state.json"), "w") as f:
+                json.dump(state, f, indent=1)
+        todo = [d for d in clip_dirs if not self._clip_is_done(d)]
+        if not todo:
+            return
+        logger.info("HR data: %d of %d clips to make in %s from %s", len(todo), len(clip_dirs),
+                    self.root, checkpoint)
+        self._make(todo, checkpoint)
+
+    def _make(self, clip_dirs, checkpoint):
+        from talkingface.data.dataset.clip import Clip
+        config = self.config
+        device = config["device"]
+        model = load_base_model(checkpoint, device)
+        workers = int(config["hr_preprocess_workers"])
+        pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 0 else None
+        progress = tqdm(total=sum(Clip(d).n_frames for d in clip_dirs), desc="HR data", unit="frame",
+                        disable=not is_main_process(), dynamic_ncols=True)
+        pending, finished = [], False
+        try:
+            for clip_dir in clip_dirs:
+                clip = Clip(clip_dir)
+                job = {"clip_dir": clip_dir, "img_size": int(config["img_size"]),
+                       "out_dir": os.path.join(self.root, os.path.basename(os.path.normpath(clip_dir))),
+                       "data_root": config["data_root"], "done": self.clip_done_text(clip_dir),
+                       "hyper": generate_hyper_frames(model, clip, device, int(config["hr_base_batch_size"]))}
+                if pool is None:
+                    self._finished(write_hr_clip(job), progress)
+                    continue
+                # The Base model runs here while the pool meshes and writes earlier clips.
+                pending.append(pool.apply_async(write_hr_clip, (job,)))
+                while len(pending) > 2 * workers or (pending and pending[0].ready()):
+                    self._finished(pending.pop(0).get(), progress)
+            for result in pending:
+                self._finished(result.get(), progress)
+            finished = True
+        finally:
+            progress.close()
+            if pool is not None:
+                pool.close() if finished else pool.terminate()
+                pool.join()
+
+    @staticmethod
+    def _finished(result, progress):
+        clip_id, n, summary = result
+        progress.update(n)
+        if summary["hyper_landmarks_interpolated"] == "all":
+            logger.warning("%s: the face mesh found no face in any Base output frame (an early Base "
+                           "checkpoint?); its decoder sketches are blank", clip_id)
+        if summary["gt_landmarks_interpolated"] == "all":
+            logger.warning("%s: the face mesh found no face in the original crops; lip boxes fall back "
+                           "to the lower face", clip_id)
