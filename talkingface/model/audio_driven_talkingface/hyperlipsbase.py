@@ -1,0 +1,93 @@
+"""HyperLipsBase generator and its lower-half discriminator (official HyperCtrolDiscriminator)."""
+from torch import nn
+
+from talkingface.model.audio_driven_talkingface.blocks import ConvBNReLU, ConvLeaky, channels_last, output_head
+from talkingface.model.audio_driven_talkingface.decoder import RecurrentDecoder
+from talkingface.model.audio_driven_talkingface.hyper import HyperControl
+from talkingface.model.audio_driven_talkingface.mobilenetv3 import LRASPP, MobileNetV3LargeEncoder
+from talkingface.utils.registry import MODELS
+
+
+def frames_to_batch(x, time_dim):
+    """Fold time into the batch, time-major (frame t of sample b -> row t*B + b)."""
+    x = x.movedim(time_dim, 0)
+    return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+
+
+def batch_to_frames(x, batch_size):
+    """Inverse of frames_to_batch for an (T*B, C, H, W) output: -> (B, C, T, H, W)."""
+    return x.view(-1, batch_size, *x.shape[1:]).permute(1, 2, 0, 3, 4).contiguous()
+
+
+@MODELS.register("HyperLipsBase")
+class HyperLipsBase(nn.Module):
+    """Audio-driven lip generator at 128x128 (29,716,503 parameters).
+
+    forward(audio, face):
+      4-D: audio (N,1,80,16), face (N,6,H,W) -> (N,3,H,W) in [0,1];
+      5-D: audio (B,T,1,80,16), face (B,6,T,H,W) -> (B,3,T,H,W).
+    Face channels 0:3 = target frame with the lower half zeroed, 3:6 = reference frame (BGR [0,1]).
+    Every frame is generated independently.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.up_conv = nn.Sequential(
+            ConvBNReLU(64, 64, 3, 1, 1, residual=True),
+            ConvBNReLU(64, 64, 3, 1, 1, residual=True),
+        )
+        self.output_block = output_head(64)
+        self.face_encoder = MobileNetV3LargeEncoder(in_channels=6)
+        self.aspp = LRASPP(960, 128)
+        self.hyper_control_net = HyperControl()
+        self.decoder = RecurrentDecoder((16, 24, 40, 128), (80, 40, 32, 64))
+
+    @classmethod
+    def from_config(cls, config):
+        return cls()
+
+    def forward(self, audio, face):
+        if face.dim() == 5:
+            batch_size = face.shape[0]
+            out = self.forward_frames(frames_to_batch(audio, 1), frames_to_batch(face, 2))
+            return batch_to_frames(out, batch_size)
+        return self.forward_frames(audio, face)
+
+    def forward_frames(self, audio, face):
+        """audio (N,1,80,16), face (N,6,H,W) -> (N,3,H,W)."""
+        face = channels_last(face, self.training)
+        f1, f2, f3, f4 = self.face_encoder(face)
+        f4 = self.aspp(f4)
+        gated = self.hyper_control_net(audio, (f1, f2, f3, f4))
+        x = self.decoder(face, *gated)
+        return self.output_block(self.up_conv(x)).contiguous()
+
+
+class BaseDiscriminator(nn.Module):
+    """Visual-quality discriminator of Base training (14,113,793 parameters).
+
+    forward(images): (B,3,T,H,W) (or already flattened frames (N,3,H,W)) -> (B*T, 1) probabilities,
+    time-major like the generator; only the lower half of each frame is looked at.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.face_encoder_blocks = nn.ModuleList([
+            nn.Sequential(ConvLeaky(3, 32, 7, 1, 3)),
+            nn.Sequential(ConvLeaky(32, 64, 5, (1, 2), 2), ConvLeaky(64, 64, 5, 1, 2)),
+            nn.Sequential(ConvLeaky(64, 128, 5, 2, 2), ConvLeaky(128, 128, 5, 1, 2)),
+            nn.Sequential(ConvLeaky(128, 256, 5, 2, 2), ConvLeaky(256, 256, 5, 1, 2)),
+            nn.Sequential(ConvLeaky(256, 512, 3, 2, 1), ConvLeaky(512, 512, 3, 1, 1)),
+            nn.Sequential(ConvLeaky(512, 512, 3, 2, 1), ConvLeaky(512, 512, 3, 1, 1)),
+            nn.Sequential(ConvLeaky(512, 512, 3, 1, 0), ConvLeaky(512, 512, 1, 1, 0)),
+            nn.AdaptiveAvgPool2d(1),
+        ])
+        self.binary_pred = nn.Sequential(nn.Conv2d(512, 1, kernel_size=1), nn.Sigmoid())
+
+    def forward(self, images):
+        if images.dim() == 5:
+            images = frames_to_batch(images, 2)
+        x = channels_last(images[:, :, images.shape[2] // 2:])
+        for block in self.face_encoder_blocks:
+            x = block(x)
+        return self.binary_pred(x).view(len(x), -1)
