@@ -31,3 +31,14 @@ def _few_threads():
     torch.set_num_threads(min(threads, 2))
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logger():
+    """init_logger() binds handlers to the current stderr; drop them so no test logs into a closed stream."""
+    yield
+    import logging
+    logger = logging.getLogger("talkingface")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()

@@ -21,7 +21,7 @@ from talkingface.utils.checkpoint import (checkpoint_path, latest_checkpoint, li
                                           load_checkpoint_file, save_checkpoint_file)
 from talkingface.utils.errors import CheckpointError, ConfigError, TalkingFaceError
 from talkingface.utils.registry import DATASETS, TRAINERS
-from talkingface.utils.seed import seed_worker
+from talkingface.utils.seed import init_seed, seed_worker
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,8 @@ class Trainer:
         self.optimizers = {}
         self.amp_enabled, self.amp_dtype = self._amp_settings()
         self.writer = None
+        # Seed here too, so a trainer built outside run() (tests, notebooks) is just as repeatable.
+        init_seed(config["seed"] + dist_utils.rank(), config["reproducible"])
         self.build()
         if not self.networks:
             raise NotImplementedError(f"{type(self).__name__}.build() created no networks")
