@@ -1,0 +1,35 @@
+"""The driving audio's mel spectrogram, computed in chunks so long audio needs no large buffers.
+
+utils.audio.melspectrogram on a 10-minute track would hold ~0.5 GB of float64 STFT at once; here it
+runs on overlapping pieces of the waveform. Every STFT frame depends only on its own 800-sample
+window (and pre-emphasis on one sample before it), so cutting the waveform at multiples of the hop
+with enough context on both sides gives the same columns as one call on the whole track.
+"""
+import numpy as np
+
+from talkingface.utils.audio import HOP_SIZE, WIN_SIZE, melspectrogram
+
+# Context kept before the first wanted frame: its half window plus one hop for pre-emphasis,
+# rounded up to whole hops so column j of a piece is global column (start / HOP_SIZE) + j.
+_LEFT = WIN_SIZE // 2 + HOP_SIZE
+
+
+def chunked_melspectrogram(wav, chunk_frames=4800):
+    """Same (80, len(wav)//200 + 1) float32 as melspectrogram(wav), computed `chunk_frames` mel
+    columns (60 s by default) at a time."""
+    wav = np.asarray(wav)
+    n_cols = len(wav) // HOP_SIZE + 1
+    if n_cols <= chunk_frames:
+        return melspectrogram(wav)
+    out = None
+    for first in range(0, n_cols, chunk_frames):
+        last = min(first + chunk_frames, n_cols)  # columns first..last-1
+        start = max(0, first * HOP_SIZE - _LEFT)
+        stop = min(len(wav), (last - 1) * HOP_SIZE + WIN_SIZE // 2)
+        piece = melspectrogram(wav[start:stop])
+        offset = first - start // HOP_SIZE
+        columns = piece[:, offset:offset + (last - first)]
+        if out is None:
+            out = np.empty((piece.shape[0], n_cols), np.float32)
+        out[:, first:last] = columns
+    return out

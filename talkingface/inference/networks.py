@@ -1,0 +1,71 @@
+"""Which checkpoints inference uses, and loading them with one-line errors.
+
+--model=HyperLipsBase: Base weights = --checkpoint, else the latest in checkpoints/<dataset>/HyperLipsBase/.
+--model=HyperLipsHR:   HR decoder = --checkpoint, else the latest in checkpoints/<dataset>/HyperLipsHR/;
+                       Base weights = config["base_checkpoint"], else the latest Base checkpoint.
+The HR decoder's output size (128/256/512) comes from its checkpoint, never from the config.
+"""
+import logging
+import os
+
+from talkingface.utils.checkpoint import latest_checkpoint
+from talkingface.utils.errors import CheckpointError, ConfigError, TalkingFaceError
+
+logger = logging.getLogger(__name__)
+
+INFER_MODELS = ("HyperLipsBase", "HyperLipsHR")
+
+
+def resolve_checkpoint(explicit, folder, model, dataset, option):
+    """Path of the checkpoint to use: `explicit` when given, else the latest one in `folder`."""
+    if explicit:
+        if not os.path.isfile(explicit):
+            raise CheckpointError(f"checkpoint not found: {explicit} (fix --{option})")
+        return str(explicit)
+    found = latest_checkpoint(folder)
+    if found is None:
+        raise CheckpointError(
+            f"no {model} checkpoint in {folder}/: train one first with `python run_talkingface.py "
+            f"--model={model} --dataset={dataset}` (or pass --{option}=PATH)")
+    return found
+
+
+def load_checked(name, path):
+    """load_network with any failure turned into a one-line CheckpointError."""
+    from talkingface.model import load_network
+
+    try:
+        return load_network(name, path)
+    except TalkingFaceError:
+        raise
+    except Exception as exc:  # a foreign file that torch or load_state_dict chokes on
+        text = str(exc).strip().splitlines()
+        raise CheckpointError(f"cannot load {name} from {path}: {text[0] if text else type(exc).__name__}") from None
+
+
+def checkpoint_paths(config):
+    """(base_path, hr_path or None) for config["model"]."""
+    model, dataset = config["model"], config["dataset"]
+    if model not in INFER_MODELS:
+        raise ConfigError(f"--mode=infer works with --model=HyperLipsBase or --model=HyperLipsHR, not {model}")
+    base_dir = os.path.join(config["checkpoint_root"], dataset, "HyperLipsBase")
+    if model == "HyperLipsBase":
+        return resolve_checkpoint(config["checkpoint"], config["checkpoint_dir"], model, dataset, "checkpoint"), None
+    hr = resolve_checkpoint(config["checkpoint"], config["checkpoint_dir"], model, dataset, "checkpoint")
+    base = resolve_checkpoint(config["base_checkpoint"], base_dir, "HyperLipsBase", dataset, "base_checkpoint")
+    return base, hr
+
+
+def load_inference_networks(config, device):
+    """(base, hr or None) networks in eval mode on `device`."""
+    base_path, hr_path = checkpoint_paths(config)
+    base = load_checked("HyperLipsBase", base_path).to(device)
+    logger.info("HyperLipsBase weights: %s", base_path)
+    hr = None
+    if hr_path is not None:
+        hr = load_checked("HRDecoder", hr_path).to(device)
+        logger.info("HRDecoder weights: %s (%d px output)", hr_path, 128 * hr.rescaling)
+        if config["img_size"] != 128 * hr.rescaling:
+            logger.warning("img_size=%s ignored: the HR checkpoint was trained at %d px and runs at that size",
+                           config["img_size"], 128 * hr.rescaling)
+    return base, hr
