@@ -1,8 +1,14 @@
 """HR-stage preprocessing: Base data + a Base checkpoint -> the HR decoder's training data.
 
 For every clip of the Base data (train + val + test filelists) the Base model regenerates the
-face from the clip's own audio (HYPER_IMG); the face mesh of the original crop gives the lip mask
-and box (GT_MASK), the mesh of the Base output gives the decoder's sketch (HYPER_SKETCH).
+face from the clip's own audio (HYPER_IMG; reference = the clip's first frame, as in the official
+HR data; bfloat16 exactly when inference uses it, see infer_bf16); the face mesh of the original
+crop gives the lip mask and box (GT_MASK), the mesh of the Base output gives the decoder's sketch
+(HYPER_SKETCH). The Base model runs batched in this process; the mesh and the file writing run
+beside it in a pool (hr_preprocess_workers; on the CPU the Base model is ~20x the mesh's cost, so
+there they run in-process by default). Frames where the mesh finds no face get landmarks
+interpolated from their neighbours; a clip with no face at all gets blank sketches and the
+default lower-face lip box: never a gap, never a crash.
 
 Layout, under `hr_root(config)` = <preprocessed_root>/hr_<img_size>/ (derived here, so no YAML
 edit is ever needed between the Base and HR stages):
@@ -35,7 +41,7 @@ from tqdm import tqdm
 
 from talkingface.utils.checkpoint import CHECKPOINT_PATTERN, latest_checkpoint
 from talkingface.utils.distributed import is_main_process
-from talkingface.utils.errors import CheckpointError, InputError
+from talkingface.utils.errors import CheckpointError, ConfigError, InputError
 from talkingface.utils.registry import PREPROCESSORS
 
 logger = logging.getLogger(__name__)
@@ -131,11 +137,12 @@ def load_base_model(path, device):
 
 
 @torch.no_grad()
-def generate_hyper_frames(model, clip, device, batch_size):
+def generate_hyper_frames(model, clip, device, batch_size, bf16=False):
     """The Base model's output for every frame of `clip` from its own audio: uint8 (n,128,128,3).
 
-    Inputs as at inference: the frame with its lower half zeroed next to a reference (the clip's
-    first frame), and the mel chunk of frame k (the team's one mel/frame convention).
+    Inputs as the official HR data had them (Base inference on the clip): the frame with its lower
+    half zeroed next to a reference (the clip's first frame), and the mel chunk of frame k (the
+    team's one mel/frame convention). `bf16`: bfloat16 autocast, as inference runs the Base model.
     """
     from talkingface.utils.audio import frame_mel_chunks
     n = clip.n_frames
@@ -149,7 +156,8 @@ def generate_hyper_frames(model, clip, device, batch_size):
         face = torch.cat([target, reference.expand_as(target)], dim=1).to(
             device, memory_format=torch.channels_last)
         audio = chunks[start:start + batch_size].to(device)
-        generated = model(audio, face).float().clamp(0, 1)
+        with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+            generated = model(audio, face).float().clamp(0, 1)
         outputs.append(generated.mul(255).round().byte().permute(0, 2, 3, 1).cpu().numpy())
     return np.concatenate(outputs)
 
@@ -314,9 +322,28 @@ class HyperLipsHRPreprocessor:
             dirs += [d for d in read_filelist(self.config, split) if d not in dirs]
         return dirs
 
+    def base_bf16(self):
+        """Run the Base model in bfloat16 exactly when inference does (infer_bf16), so that the
+        decoder trains on the Base outputs it will be given."""
+        from talkingface.inference.pipeline import use_bf16
+        return use_bf16(self.config["infer_bf16"], self.config["device"])
+
+    def workers(self):
+        """auto: a pool per CPU core when a GPU runs the Base model (the mesh is then the slow
+        part), none on the CPU (there the Base model costs ~20x the mesh and the pool only adds
+        start-up time)."""
+        setting = self.config["hr_preprocess_workers"]
+        if str(setting).lower() == "auto":
+            return (os.cpu_count() or 1) if self.config["device"].type == "cuda" else 0
+        try:
+            return max(0, int(setting))
+        except (TypeError, ValueError):
+            raise ConfigError(f"hr_preprocess_workers must be auto or a number >= 0 (got {setting})") from None
+
     def state(self, checkpoint, clip_dirs):
         return {"format": FORMAT_VERSION, "img_size": int(self.config["img_size"]),
-                "base_size": BASE_SIZE, "base_checkpoint": checkpoint_fingerprint(checkpoint),
+                "base_size": BASE_SIZE, "base_bf16": self.base_bf16(),
+                "base_checkpoint": checkpoint_fingerprint(checkpoint),
                 "clips": sorted(os.path.basename(os.path.normpath(d)) for d in clip_dirs)}
 
     @staticmethod
@@ -381,7 +408,7 @@ class HyperLipsHRPreprocessor:
         config = self.config
         device = config["device"]
         model = load_base_model(checkpoint, device)
-        workers = int(config["hr_preprocess_workers"])
+        bf16, workers = self.base_bf16(), self.workers()
         pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 0 else None
         progress = tqdm(total=sum(Clip(d).n_frames for d in clip_dirs), desc="HR data", unit="frame",
                         disable=not is_main_process(), dynamic_ncols=True)
@@ -392,7 +419,7 @@ class HyperLipsHRPreprocessor:
                 job = {"clip_dir": clip_dir, "img_size": int(config["img_size"]),
                        "out_dir": os.path.join(self.root, os.path.basename(os.path.normpath(clip_dir))),
                        "data_root": config["data_root"], "done": self.clip_done_text(clip_dir),
-                       "hyper": generate_hyper_frames(model, clip, device, int(config["hr_base_batch_size"]))}
+                       "hyper": generate_hyper_frames(model, clip, device, int(config["hr_base_batch_size"]), bf16)}
                 if pool is None:
                     self._finished(write_hr_clip(job), progress)
                     continue
