@@ -14,7 +14,7 @@ A still image (utils.video.is_image) is one frame repeated for the audio's lengt
 
 Two streaming passes over the video, with bounded memory whatever its length:
 1. face tracking: one face box per 25 fps frame (detected, padded 10 px at the bottom, short gaps
-   interpolated, smoothed over `infer_box_window` frames); only the boxes are kept;
+   interpolated, smoothed over `box_smooth_window` frames, as in preprocessing); only the boxes are kept;
 2. generation: the video is decoded again (ping-pong via a temporary on-disk frame cache, see
    source.py), frames go through the networks in batches of `infer_batch_size` and are pasted back
    (render.py, paste.py); a reader thread decodes ahead and a writer thread feeds the encoder, each
@@ -199,8 +199,8 @@ def run_inference(config):
 
     with source:
         boxes = track_faces(source.scan(max_frames=n_out), source.width, source.height,
-                            pad_bottom=config["infer_pad_bottom"], max_gap=config["infer_max_gap"],
-                            window=config["infer_box_window"],
+                            pad_bottom=config["face_pad_bottom"], max_gap=config["infer_max_gap"],
+                            window=config["box_smooth_window"], detect_max_side=config["detect_max_side"],
                             total=None if source.is_still else min(n_out, round(source.info.duration * FPS)))
         n_src = source.n_frames
         if n_out > n_src > 1:

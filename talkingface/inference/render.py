@@ -1,7 +1,8 @@
 """Per-batch lip-sync of frames whose face box is known: crop, networks, paste back.
 
-Base: crop -> 128 px; input = [crop with its lower half zeroed, the same crop as reference]
-(the official inference uses the frame itself as the reference) and the output frame's mel chunk;
+Base: crop -> 128 px; input = [crop with its lower half zeroed, the video's first face crop as
+reference] (as the official inference and the HR training data do: a fixed reference never shows
+the target frame's own mouth) and the output frame's mel chunk;
 HyperLipsBase -> 128 px face.
 HR:   face mesh of that Base output (landmarks averaged over a short centred window) -> the HR
 training recipe (draw_sketch at 128 px + hyperlipshr_dataset.decoder_input, which applies
@@ -63,6 +64,7 @@ class LipSyncRenderer:
         self.last_source_landmarks, self.source_misses = None, 0
         self.cache_masks = cache_masks  # a still image: one crop, one mask for every frame
         self._source_cache = {}
+        self.reference = None  # 128 px crop of the first face: the generator's reference frame
         self.mesh_misses = 0
         if hr is not None:
             from talkingface.data.dataset.hyperlipshr_dataset import decoder_input
@@ -116,6 +118,8 @@ class LipSyncRenderer:
         faces = torch.from_numpy(np.stack(self._padded(crops))).to(self.device).permute(0, 3, 1, 2).float().div_(255)
         target = faces.clone()
         target[:, :, BASE_SIZE // 2:] = 0
+        reference = torch.from_numpy(self.reference).to(self.device).permute(2, 0, 1).float().div_(255)
+        faces = reference.unsqueeze(0).expand_as(target)
         audio = np.stack([mel_chunk(self.mel, k) for k in self._padded(output_indices)])[:, None]
         audio = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).to(self.device)
         face = torch.cat([target, faces], 1).contiguous(memory_format=torch.channels_last)
@@ -162,6 +166,8 @@ class LipSyncRenderer:
         if not faces:
             return [frame for _, _, frame in items]
         sources = [self._source_face(src, frame) for _, (_, src, frame) in faces]
+        if self.reference is None:
+            self.reference = sources[0][1].copy()
         generated = self._base([s[1] for s in sources], [out for _, (out, _, _) in faces])
         if self.hr is not None:
             generated = self._hr(generated, [s[3] for s in sources])

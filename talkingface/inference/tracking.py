@@ -81,7 +81,7 @@ def finalize_boxes(raw, max_gap=5, window=5):
     return out
 
 
-def track_faces(frames, width, height, pad_bottom=10, max_gap=5, window=5, total=None):
+def track_faces(frames, width, height, pad_bottom=10, max_gap=5, window=5, total=None, detect_max_side=640):
     """Boxes (n, 4) float32 for a stream of BGR frames (NaN rows: no face, pass through).
 
     Each frame's chosen detection is padded by `pad_bottom` px at the bottom (the official
@@ -90,7 +90,7 @@ def track_faces(frames, width, height, pad_bottom=10, max_gap=5, window=5, total
     """
     picker = FacePicker()
     raw = []
-    detector = FaceDetector()
+    detector = FaceDetector(max_side=detect_max_side)
     try:
         for frame in tqdm(frames, total=total, desc="face tracking", unit="frame", leave=False,
                           disable=not is_main_process()):
