@@ -1,0 +1,49 @@
+"""The README's main job in miniature: demo data -> SyncNet -> Base -> HR -> infer, via the CLI."""
+import json
+import os
+
+import pytest
+
+from run_talkingface import main
+from talkingface.utils.checkpoint import latest_checkpoint
+from talkingface.utils.video import probe_video
+
+# Small everything: 4 clips of 2 s, a couple of steps per stage.
+TINY = ["--dataset=demo", "--demo_num_clips=4", "--demo_clip_seconds=2.0", "--num_workers=0",
+        "--eval_max_frames=12", "--eval_num_sample_videos=1", "--max_val_batches=1"]
+
+
+def stage(model, *extra):
+    return main([f"--model={model}", *TINY, *extra])
+
+
+@pytest.mark.slow
+def test_every_stage_chains_by_default_paths(workdir):
+    # Base before its expert: a one-line error naming the command to run first
+    assert stage("HyperLipsBase", "--max_steps=1") == 2
+
+    assert stage("SyncNet", "--max_steps=2", "--batch_size=4", "--eval_batch_size=4") == 0
+    assert latest_checkpoint("checkpoints/demo/SyncNet")
+    assert "accuracy" in json.dumps(json.load(open("results/demo/SyncNet/metrics.json")))
+
+    assert stage("HyperLipsBase", "--max_steps=2", "--batch_size=1", "--eval_batch_size=1") == 0
+    metrics = json.load(open("results/demo/HyperLipsBase/metrics.json"))
+    assert "PSNR" in json.dumps(metrics) and "SSIM" in json.dumps(metrics)
+
+    assert stage("HyperLipsHR", "--max_steps=2", "--batch_size=2", "--eval_batch_size=2") == 0
+    assert latest_checkpoint("checkpoints/demo/HyperLipsHR")
+    assert os.path.isdir("dataset/demo/preprocessed/hr_128")
+    assert os.path.isfile("results/demo/HyperLipsHR/metrics.json")
+
+    # a second run of a finished stage trains nothing and keeps its checkpoint
+    before = latest_checkpoint("checkpoints/demo/HyperLipsHR")
+    assert stage("HyperLipsHR", "--max_steps=2", "--batch_size=2", "--evaluate_after_training=false") == 0
+    assert latest_checkpoint("checkpoints/demo/HyperLipsHR") == before
+
+    video = "dataset/demo/data/M000/front/neutral/level_1/001.mp4"
+    audio = "dataset/demo/data/M000/front/happy/level_1/001.mp4"
+    assert main(["--model=HyperLipsHR", "--dataset=demo", "--mode=infer", f"--video={video}",
+                 f"--audio={audio}", "--output=out.mp4"]) == 0
+    info, source = probe_video("out.mp4"), probe_video(video)
+    assert info.has_audio and (info.width, info.height) == (source.width, source.height)
+    assert info.n_frames == 50
