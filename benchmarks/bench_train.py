@@ -1,0 +1,115 @@
+"""Training-step throughput and peak memory of SyncNet and HyperLipsBase on synthetic batches.
+
+Runs the real trainers' `train_step` (losses, backward, optimizer steps; Base with its frozen
+expert and discriminator) on random tensors of the real shapes, on CUDA when present, else the
+CPU. Frames per step = batch * T (T = 5). Each model is measured in its own subprocess, so the
+CPU peak (max resident set size) belongs to that model alone. Prints one JSON object.
+
+    python benchmarks/bench_train.py [--models SyncNet HyperLipsBase] [--batch 2] [--steps 3] [--threads N]
+On a machine shared with other jobs, fewer threads are often faster (idle OpenMP threads spin).
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+T = 5
+
+
+def synthetic_batch(model, batch_size, device, size=128):
+    import torch
+    generator = torch.Generator().manual_seed(0)
+    if model == "SyncNet":
+        batch = {"face": torch.rand(batch_size, 3 * T, size // 2, size, generator=generator),
+                 "mel": torch.randn(batch_size, 1, 80, 16, generator=generator),
+                 "label": (torch.rand(batch_size, 1, generator=generator) > 0.5).float()}
+    else:
+        gt = torch.rand(batch_size, 3, T, size, size, generator=generator)
+        masked = gt.clone()
+        masked[:, :, :, size // 2:] = 0
+        batch = {"face": torch.cat([masked, torch.rand_like(gt)], dim=1), "gt": gt,
+                 "indiv_mels": torch.randn(batch_size, T, 1, 80, 16, generator=generator),
+                 "mel": torch.randn(batch_size, 1, 80, 16, generator=generator)}
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def measure(model, batch_size, steps, device_name, threads):
+    """Run in a fresh process: build the trainer, warm up one step, time `steps` steps."""
+    import torch
+    if threads:
+        torch.set_num_threads(threads)
+
+    from talkingface.config import Config
+    from talkingface.model.audio_driven_talkingface.syncnet import SyncNet
+    from talkingface.quick_start.quick_start import build_trainer
+    from talkingface.utils.checkpoint import checkpoint_path, save_checkpoint_file
+
+    with tempfile.TemporaryDirectory() as root:
+        overrides = dict(checkpoint_root=os.path.join(root, "checkpoints"), results_root=os.path.join(root, "results"),
+                         device=device_name, batch_size=batch_size)
+        if model == "HyperLipsBase":  # a random expert where Base looks for it
+            save_checkpoint_file({"state_dict": SyncNet().state_dict()},
+                                 checkpoint_path(os.path.join(root, "checkpoints", "demo", "SyncNet"), 1))
+        config = Config(model=model, dataset="demo", config_dict=overrides)
+        trainer = build_trainer(config)
+        device = trainer.device
+        batch = synthetic_batch(model, batch_size, device)
+        trainer._set_mode(True)
+        trainer.train_step(batch)  # warm-up: allocator, cuDNN autotuning, optimizer state
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        start, cpu_start = time.perf_counter(), time.process_time()
+        for _ in range(steps):
+            trainer.train_step(batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = (time.perf_counter() - start) / steps
+        cpu_seconds = (time.process_time() - cpu_start) / steps
+    result = {"batch": batch_size, "frames_per_step": batch_size * T, "seconds_per_step": round(seconds, 3),
+              "cpu_seconds_per_step": round(cpu_seconds, 3), "threads": torch.get_num_threads(),
+              "frames_per_s": round(batch_size * T / seconds, 2), "amp": str(trainer.amp_dtype) if trainer.amp_enabled else "off"}
+    if device.type == "cuda":
+        result["peak_cuda_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)
+    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    return result
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["SyncNet", "HyperLipsBase"])
+    parser.add_argument("--batch", type=int, default=2, help="windows of 5 frames per step")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps (after one warm-up step)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--_child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args._child:  # one model, in this process
+        print(json.dumps(measure(args._child, args.batch, args.steps, args.device, args.threads)))
+        return
+
+    import torch
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
+    device = "cpu" if device == "auto" else device
+    report = {"device": torch.cuda.get_device_name() if device.startswith("cuda") else f"cpu ({platform.processor() or platform.machine()})",
+              "torch": torch.__version__, "cpu_count": os.cpu_count(),
+              "load_average_1min": round(os.getloadavg()[0], 2), "models": {}}
+    for model in args.models:
+        command = [sys.executable, os.path.abspath(__file__), "--_child", model, "--batch", str(args.batch),
+                   "--steps", str(args.steps), "--device", device, "--threads", str(args.threads)]
+        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        report["models"][model] = json.loads(output.strip().splitlines()[-1])
+    report["load_average_1min_at_end"] = round(os.getloadavg()[0], 2)   # >> cpu_count: timings are shared-machine ones
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

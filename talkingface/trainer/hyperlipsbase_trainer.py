@@ -1,0 +1,200 @@
+"""Training of HyperLipsBase: L1 + lip-sync expert + lower-half GAN (HYPERLIPS.md "Base training").
+
+Generator loss `sync_weight*sync + gan_weight*GAN + l1_weight*L1` (0.03/0.2/0.77):
+- sync: lower halves of the 5 generated frames -> frozen SyncNet expert -> BCE against "in sync";
+- GAN: the BaseDiscriminator (it looks at lower halves only), non-saturating BCE against "real";
+- L1 against the ground-truth frames.
+Discriminator step: BCE(D(gt), 1) + BCE(D(g.detach()), 0), with real and fake in ONE forward so
+that DistributedDataParallel sees one forward per backward.
+"""
+import logging
+import os
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from talkingface.trainer.syncnet_trainer import bce, expert_face_input, sync_probability
+from talkingface.trainer.trainer import Trainer
+from talkingface.utils.audio import frame_mel_chunks
+from talkingface.utils.checkpoint import latest_checkpoint
+from talkingface.utils.errors import CheckpointError
+from talkingface.utils.registry import MODELS, TRAINERS
+
+logger = logging.getLogger(__name__)
+
+
+def reference_index(k, n_frames):
+    """Reference frame of target frame k when generating a whole clip: the frame half a clip away
+    (k + n//2 mod n), so the reference never shows the target's own mouth (same rule as the
+    validation windows), and the choice is deterministic."""
+    return (k + n_frames // 2) % n_frames
+
+
+def masked_input(target, reference):
+    """Generator face input: [target with its lower half zeroed, reference] on channel dim 1."""
+    masked = target.clone()
+    masked[:, :, masked.shape[2] // 2:] = 0.0
+    return torch.cat([masked, reference], dim=1)
+
+
+@TRAINERS.register("HyperLipsBase")
+class HyperLipsBaseTrainer(Trainer):
+    """networks {"generator", "discriminator"}; a frozen SyncNet expert as `self.expert`.
+
+    Batches: "face" (B,6,T,H,W) = [target with lower half zeroed, reference], "indiv_mels"
+    (B,T,1,80,16) per-frame chunks, "mel" (B,1,80,16) the window's chunk, "gt" (B,3,T,H,W).
+    """
+
+    def build(self):
+        config = self.config
+        from talkingface.model.audio_driven_talkingface.hyperlipsbase import BaseDiscriminator
+        generator = MODELS.get("HyperLipsBase").from_config(config)
+        discriminator = BaseDiscriminator()
+        self.networks = {"generator": generator, "discriminator": discriminator}
+        betas = tuple(config["adam_betas"])
+        self.optimizers = {
+            "generator": torch.optim.Adam(generator.parameters(), lr=config["learning_rate"], betas=betas),
+            "discriminator": torch.optim.Adam(discriminator.parameters(), lr=config["disc_learning_rate"], betas=betas),
+        }
+        self.sync_weight = float(config["sync_weight"])
+        self.gan_weight = float(config["gan_weight"])
+        self.l1_weight = float(config["l1_weight"])
+        self._expert = None
+        self._images_logged_at = None
+        if config["mode"] == "train" and self.sync_weight > 0:
+            self._expert = self._load_expert()  # fail before any training when it is missing
+
+    # ------------------------------------------------------------------ the frozen expert
+    def expert_checkpoint(self):
+        """config["sync_expert_path"] when set, else the newest checkpoint of the dataset's SyncNet."""
+        explicit = self.config["sync_expert_path"]
+        if explicit:
+            if not os.path.isfile(explicit):
+                raise CheckpointError(f"sync_expert_path {explicit} does not exist: pass a SyncNet checkpoint "
+                                      "or leave it empty to use the dataset's latest")
+            return explicit
+        dataset = self.config["dataset"]
+        folder = os.path.join(self.config["checkpoint_root"], dataset, "SyncNet")
+        path = latest_checkpoint(folder)
+        if path is None:
+            raise CheckpointError(f"no SyncNet checkpoint in {folder}/: run "
+                                  f"`python run_talkingface.py --model=SyncNet --dataset={dataset}` first")
+        return path
+
+    def _load_expert(self):
+        from talkingface.model import load_network
+        path = self.expert_checkpoint()
+        expert = load_network("SyncNet", path).to(self.device).eval()
+        for parameter in expert.parameters():
+            parameter.requires_grad_(False)
+        logger.info("lip-sync expert: %s", path)
+        return expert
+
+    def _expert_available(self):
+        if self._expert is None:
+            try:
+                self.expert_checkpoint()
+            except CheckpointError:
+                return False
+        return True
+
+    @property
+    def expert(self):
+        if self._expert is None:
+            self._expert = self._load_expert()
+        return self._expert
+
+    # ------------------------------------------------------------------ losses
+    def sync_loss(self, mel, generated):
+        """BCE of the expert's in-sync probability for the generated window against 1.
+        The expert sees what it was trained on: mirrored frames when its data were mirrored."""
+        face = expert_face_input(generated)
+        if self.config["syncnet_hflip"]:
+            face = face.flip(-1)
+        audio_embedding, face_embedding = self.expert(mel, face)
+        return bce(sync_probability(audio_embedding, face_embedding), 1.0)
+
+    def _generator_losses(self, batch):
+        generated = self.networks["generator"](batch["indiv_mels"], batch["face"])
+        losses = {"l1": F.l1_loss(generated.float(), batch["gt"].float())}
+        total = self.l1_weight * losses["l1"]
+        if self.sync_weight > 0:
+            losses["sync"] = self.sync_loss(batch["mel"], generated)
+            total = total + self.sync_weight * losses["sync"]
+        if self.gan_weight > 0:
+            losses["gan"] = bce(self.networks["discriminator"](generated), 1.0)
+            total = total + self.gan_weight * losses["gan"]
+        losses["total"] = total
+        return generated, losses
+
+    def _discriminator_loss(self, real, fake):
+        """BCE(D(real), 1) + BCE(D(fake), 0), both halves of one concatenated forward."""
+        predictions = self.networks["discriminator"](torch.cat([real, fake], dim=0))
+        # time-major (T*2B, 1) predictions -> (T, 2B): the first B columns are the real samples
+        predictions = predictions.view(real.shape[2], 2 * real.shape[0])
+        batch_size = real.shape[0]
+        real_loss = bce(predictions[:, :batch_size], 1.0)
+        fake_loss = bce(predictions[:, batch_size:], 0.0)
+        return real_loss, fake_loss
+
+    # ------------------------------------------------------------------ steps
+    def train_step(self, batch):
+        with self.autocast():
+            generated, losses = self._generator_losses(batch)
+        self.optimize("generator", losses["total"])
+        logged = {k: v.item() for k, v in losses.items()}
+        if self.gan_weight > 0:
+            # the generator's backward also left gradients on D: they belong to no D step
+            self.optimizers["discriminator"].zero_grad(set_to_none=True)
+            with self.autocast():
+                real_loss, fake_loss = self._discriminator_loss(batch["gt"], generated.detach())
+            self.optimize("discriminator", real_loss + fake_loss)
+            logged.update(disc_real=real_loss.item(), disc_fake=fake_loss.item())
+        return logged
+
+    def validation_step(self, batch):
+        generated, losses = self._generator_losses(batch)
+        if "sync" not in losses and self._expert_available():  # worth watching even when not trained on
+            losses["sync"] = self.sync_loss(batch["mel"], generated)
+        if self._images_logged_at != self.global_step:
+            self._images_logged_at = self.global_step
+            gt, fake = batch["gt"][:, :, 0], generated[:, :, 0]  # first frame of each window
+            self.log_images("val/gt_generated", torch.cat([gt, fake.to(gt.dtype)], dim=3))
+        return {k: losses[k].item() for k in ("l1", "sync", "total") if k in losses}
+
+    # ------------------------------------------------------------------ whole clips
+    @torch.inference_mode()
+    def generate_clip(self, clip):
+        """All frames of a preprocessed clip regenerated from its own audio: (n,S,S,3) uint8 BGR.
+
+        Input per frame k: crop k with its lower half zeroed + crop reference_index(k) as the
+        reference; audio = frame k's mel chunk (the contract's convention, as in training).
+        """
+        generator = self.raw(self.networks["generator"])
+        was_training = generator.training
+        generator.eval()
+        size = self.config["img_size"]
+        n_frames = clip.n_frames
+        frames = np.stack([clip.frame(k, size) for k in range(n_frames)])
+        chunks = frame_mel_chunks(clip.mel, n_frames, fps=clip.fps)
+        batch_frames = max(1, self.config["eval_batch_size"] * self.config["syncnet_T"])
+        outputs = []
+        try:
+            for start in range(0, n_frames, batch_frames):
+                indices = np.arange(start, min(start + batch_frames, n_frames))
+                references = [reference_index(k, n_frames) for k in indices]
+                target = self._to_tensor(frames[indices])
+                reference = self._to_tensor(frames[references])
+                audio = torch.from_numpy(chunks[indices]).unsqueeze(1).to(self.device)
+                with self.autocast():
+                    out = generator(audio, masked_input(target, reference))
+                out = (out.float().clamp(0, 1) * 255.0).round().to(torch.uint8)
+                outputs.append(out.permute(0, 2, 3, 1).cpu().numpy())
+        finally:
+            generator.train(was_training)
+        return np.concatenate(outputs) if outputs else np.zeros((0, size, size, 3), np.uint8)
+
+    def _to_tensor(self, images):
+        """uint8 (N,H,W,3) BGR -> float (N,3,H,W) in [0,1] on the device."""
+        return torch.from_numpy(images).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)

@@ -1,0 +1,95 @@
+"""Training of the lip-sync expert (SyncNet_color, 128 px): BCE on the audio-video cosine.
+
+A sample is a 5-frame window (lower halves, stacked on channels) and a mel chunk; the label says
+whether the chunk belongs to the window (1) or to another place of the same clip (0). The
+embeddings are L2-normalised and non-negative, so their cosine is a probability in [0, 1].
+"""
+import json
+import logging
+import os
+
+import torch
+from torch.nn import functional as F
+
+from talkingface.trainer.trainer import Trainer
+from talkingface.utils import distributed as dist_utils
+from talkingface.utils.registry import DATASETS, MODELS, TRAINERS
+
+logger = logging.getLogger(__name__)
+
+EXPERT_SIZE = 128  # the expert sees lower halves of 128-px frames: (N, 15, 64, 128)
+
+
+def bce(probabilities, target):
+    """Binary cross entropy in float32 outside autocast (BCE is unsafe to autocast on CUDA).
+    `target`: a tensor of labels (any shape with as many elements) or one number for all."""
+    with torch.autocast(device_type=probabilities.device.type, enabled=False):
+        probabilities = probabilities.float().reshape(-1)
+        if torch.is_tensor(target):
+            target = target.to(probabilities.device, torch.float32).reshape(-1)
+        else:
+            target = torch.full_like(probabilities, float(target))
+        return F.binary_cross_entropy(probabilities, target)
+
+
+def sync_probability(audio_embedding, face_embedding):
+    """Cosine similarity of the two embeddings: the expert's probability that they are in sync."""
+    return F.cosine_similarity(audio_embedding.float(), face_embedding.float(), dim=1)
+
+
+def expert_face_input(frames):
+    """Frames (B,3,T,H,W) BGR [0,1] -> the expert's input (B,3T,64,128): the lower halves of the
+    T frames stacked frame after frame on the channels, resized to 128 px wide when needed."""
+    lower = frames[:, :, :, frames.shape[3] // 2:]
+    stacked = torch.cat([lower[:, :, t] for t in range(lower.shape[2])], dim=1)
+    if stacked.shape[-2:] != (EXPERT_SIZE // 2, EXPERT_SIZE):
+        stacked = F.interpolate(stacked, size=(EXPERT_SIZE // 2, EXPERT_SIZE), mode="bilinear", align_corners=False)
+    return stacked
+
+
+@TRAINERS.register("SyncNet")
+class SyncNetTrainer(Trainer):
+    """networks {"syncnet"}; batches {"face": (B,15,64,128), "mel": (B,1,80,16), "label": (B,1)}."""
+
+    def build(self):
+        network = MODELS.get("SyncNet").from_config(self.config)
+        self.networks = {"syncnet": network}
+        self.optimizers = {"syncnet": torch.optim.Adam([p for p in network.parameters() if p.requires_grad],
+                                                       lr=self.config["learning_rate"])}
+
+    def _loss_and_probability(self, batch):
+        face = batch["face"]
+        if face.dim() == 5:  # (B,3,T,H,W) windows of whole frames
+            face = expert_face_input(face)
+        with self.autocast():
+            audio_embedding, face_embedding = self.networks["syncnet"](batch["mel"], face)
+        probability = sync_probability(audio_embedding, face_embedding)
+        return bce(probability, batch["label"]), probability
+
+    def train_step(self, batch):
+        loss, _ = self._loss_and_probability(batch)
+        self.optimize("syncnet", loss)
+        return {"loss": loss.item()}
+
+    def validation_step(self, batch):
+        loss, probability = self._loss_and_probability(batch)
+        label = batch["label"].reshape(-1).float()
+        accuracy = ((probability > 0.5).float() == label).float().mean()
+        return {"loss": loss.item(), "accuracy": accuracy.item()}
+
+    def evaluate(self, split="val"):
+        """The expert's score: validation loss and sync accuracy on `split`, written to
+        results_dir/metrics.json (it generates no video, so the Evaluator does not apply)."""
+        dataset = DATASETS.get(self.config["dataset_class"])(self.config, split)
+        metrics = self.validate(self.build_dataloader(dataset, train=False))
+        if not dist_utils.is_main_process():
+            return None
+        result = {"model": self.model_name, "dataset": self.config["dataset"], "split": split,
+                  "step": self.global_step, "samples": len(dataset), **metrics}
+        os.makedirs(self.results_dir, exist_ok=True)
+        path = os.path.join(self.results_dir, "metrics.json")
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+        logger.info("SyncNet %s: loss %.4f, sync accuracy %.3f (%s)", split, metrics.get("loss", float("nan")),
+                    metrics.get("accuracy", float("nan")), path)
+        return result

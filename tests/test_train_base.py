@@ -1,0 +1,132 @@
+"""HyperLipsBaseTrainer on one tiny synthetic batch of the real shapes (B=1, T=5, 128 px)."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from talkingface.config import Config
+from talkingface.model.audio_driven_talkingface.syncnet import SyncNet
+from talkingface.trainer.hyperlipsbase_trainer import HyperLipsBaseTrainer, masked_input, reference_index
+from talkingface.utils.checkpoint import checkpoint_path, latest_checkpoint, save_checkpoint_file
+from talkingface.utils.errors import CheckpointError
+
+
+def make_config(workdir, **overrides):
+    values = dict(checkpoint_root=str(workdir / "checkpoints"), results_root=str(workdir / "results"),
+                  device="cpu", num_workers=0, batch_size=1, eval_batch_size=1)
+    values.update(overrides)
+    return Config(model="HyperLipsBase", dataset="demo", config_dict=values)
+
+
+def save_random_expert(workdir):
+    """A random-init SyncNet where HyperLipsBase looks for its expert (checkpoints/demo/SyncNet/)."""
+    torch.manual_seed(1)
+    path = checkpoint_path(os.path.join(workdir, "checkpoints", "demo", "SyncNet"), 1)
+    save_checkpoint_file({"state_dict": SyncNet().state_dict(), "global_step": 1, "model": "SyncNet"}, path)
+    return path
+
+
+def fixed_batch(batch_size=1, size=128):
+    generator = torch.Generator().manual_seed(0)
+    gt = torch.rand(batch_size, 3, 5, size, size, generator=generator)
+    reference = torch.rand(batch_size, 3, 5, size, size, generator=generator)
+    masked = gt.clone()
+    masked[:, :, :, size // 2:] = 0
+    return {"face": torch.cat([masked, reference], dim=1), "gt": gt,
+            "indiv_mels": torch.randn(batch_size, 5, 1, 80, 16, generator=generator),
+            "mel": torch.randn(batch_size, 1, 80, 16, generator=generator)}
+
+
+def test_missing_expert_is_a_one_line_error_naming_the_command(workdir):
+    with pytest.raises(CheckpointError) as error:
+        HyperLipsBaseTrainer(make_config(workdir))
+    message = str(error.value)
+    assert "\n" not in message
+    assert "checkpoints/demo/SyncNet/" in message
+    assert "python run_talkingface.py --model=SyncNet --dataset=demo" in message
+
+
+def test_an_explicit_expert_path_that_does_not_exist_is_named(workdir):
+    with pytest.raises(CheckpointError, match="nowhere.pth"):
+        HyperLipsBaseTrainer(make_config(workdir, sync_expert_path=str(workdir / "nowhere.pth")))
+
+
+def test_without_the_sync_term_no_expert_is_needed(workdir):
+    trainer = HyperLipsBaseTrainer(make_config(workdir, sync_weight=0))
+    assert trainer._expert is None
+
+
+@pytest.mark.slow
+def test_training_steps_lower_the_loss_on_a_fixed_batch(workdir):
+    save_random_expert(workdir)
+    torch.manual_seed(0)
+    trainer = HyperLipsBaseTrainer(make_config(workdir, learning_rate=1e-3))
+    batch = fixed_batch()
+    trainer._set_mode(True)
+    logs = [trainer.train_step(batch) for _ in range(5)]
+    assert {"l1", "sync", "gan", "total", "disc_real", "disc_fake"} <= set(logs[0])
+    assert all(np.isfinite(v) for log in logs for v in log.values())
+    assert logs[-1]["l1"] < logs[0]["l1"]
+    assert not any(p.requires_grad for p in trainer.expert.parameters())   # the expert stays frozen
+    trainer._set_mode(False)
+    with torch.no_grad():
+        values = trainer.validation_step(batch)
+    assert set(values) == {"l1", "sync", "total"}
+
+
+@pytest.mark.slow
+def test_checkpoint_resume_continues_with_identical_optimizer_state(workdir):
+    save_random_expert(workdir)
+    torch.manual_seed(0)
+    config = make_config(workdir, gan_weight=0.2)
+    trainer = HyperLipsBaseTrainer(config)
+    trainer._set_mode(True)
+    trainer.train_step(fixed_batch())
+    trainer.global_step = 1
+    trainer.save_checkpoint()
+    assert latest_checkpoint(trainer.checkpoint_dir).endswith("checkpoint_step000000001.pth")
+
+    fresh = HyperLipsBaseTrainer(make_config(workdir, gan_weight=0.2))
+    fresh.resume()
+    assert fresh.global_step == 1
+    for name in ("generator", "discriminator"):
+        saved, loaded = trainer.optimizers[name].state_dict(), fresh.optimizers[name].state_dict()
+        assert saved["param_groups"] == loaded["param_groups"]
+        for index, state in saved["state"].items():
+            for key, value in state.items():
+                assert torch.equal(loaded["state"][index][key], value)
+        for a, b in zip(trainer.networks[name].state_dict().values(), fresh.networks[name].state_dict().values()):
+            assert torch.equal(a, b)
+
+
+class FakeClip:
+    """What generate_clip reads from a Clip: n_frames, fps, frame(k, size), mel."""
+
+    def __init__(self, n_frames=7):
+        rng = np.random.default_rng(0)
+        self.n_frames, self.fps = n_frames, 25.0
+        self.images = rng.integers(0, 255, (n_frames, 256, 256, 3), dtype=np.uint8)
+        self.mel = rng.standard_normal((80, int(80 * n_frames / 25) + 4)).astype(np.float32)
+
+    def frame(self, k, size=None):
+        import cv2
+        return cv2.resize(self.images[k], (size, size), interpolation=cv2.INTER_AREA)
+
+
+def test_generate_clip_returns_every_frame_as_uint8_bgr(workdir):
+    torch.manual_seed(0)
+    trainer = HyperLipsBaseTrainer(make_config(workdir, sync_weight=0, eval_batch_size=1, mode="evaluate"))
+    trainer._set_mode(True)
+    frames = trainer.generate_clip(FakeClip(6))   # 6 frames in batches of 5: a partial last batch
+    assert frames.shape == (6, 128, 128, 3) and frames.dtype == np.uint8
+    assert trainer.networks["generator"].training                       # mode restored
+
+
+def test_reference_frames_and_masking():
+    assert [reference_index(k, 10) for k in (0, 4, 5, 9)] == [5, 9, 0, 4]
+    target, reference = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)
+    face = masked_input(target, reference)
+    assert face.shape == (2, 6, 8, 8)
+    assert torch.equal(face[:, :3, :4], target[:, :, :4]) and face[:, :3, 4:].abs().sum() == 0
+    assert torch.equal(face[:, 3:], reference)
