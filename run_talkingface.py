@@ -1,6 +1,11 @@
 """The one entry point: python run_talkingface.py --model=HyperLipsBase --dataset=MEAD [--key=value ...]"""
 import argparse
+import os
 import sys
+
+# Idle OpenMP threads busy-wait by default; next to our decode/encode threads and worker
+# processes that made CPU runs several times slower. Must be set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 MODES = ("train", "evaluate", "preprocess", "infer")
 

@@ -2,7 +2,11 @@
 import os
 import pathlib
 
-import pytest
+# Idle OpenMP threads spin by default; with several test processes on two cores that made
+# torch several times slower. Set before torch is first imported (children inherit it).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 SAMPLES_DIR = REPO_ROOT.parent / "shared" / "data" / "hyperlips_samples"
@@ -25,10 +29,11 @@ def workdir(tmp_path, monkeypatch):
 
 @pytest.fixture(autouse=True)
 def _few_threads():
-    """Keep torch from oversubscribing the CI machine's two cores when pytest runs workers."""
+    """One torch thread: the tensors here are tiny, and tests that spawn workers (preprocessing,
+    DDP ranks, ffmpeg) must not fight a second busy thread on a two-core machine."""
     import torch
     threads = torch.get_num_threads()
-    torch.set_num_threads(min(threads, 2))
+    torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
 

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 
 import cv2
 import numpy as np
 
 from talkingface.utils.errors import InputError
+
+# mediapipe 0.10.14 calls a deprecated protobuf API on every graph run; the warning is noise to users.
+warnings.filterwarnings("ignore", message="SymbolDatabase.GetPrototype", category=UserWarning)
 
 logger = logging.getLogger(__name__)
 

@@ -6,6 +6,7 @@ from talkingface.model.audio_driven_talkingface.decoder import RecurrentDecoder
 from talkingface.model.audio_driven_talkingface.hyper import HyperControl
 from talkingface.model.audio_driven_talkingface.mobilenetv3 import LRASPP, MobileNetV3LargeEncoder
 from talkingface.utils.registry import MODELS
+from talkingface.model.abstract_talkingface import AbstractTalkingFace
 
 
 def frames_to_batch(x, time_dim):
@@ -20,7 +21,7 @@ def batch_to_frames(x, batch_size):
 
 
 @MODELS.register("HyperLipsBase")
-class HyperLipsBase(nn.Module):
+class HyperLipsBase(AbstractTalkingFace):
     """Audio-driven lip generator at 128x128 (29,716,503 parameters).
 
     forward(audio, face):
@@ -41,10 +42,6 @@ class HyperLipsBase(nn.Module):
         self.aspp = LRASPP(960, 128)
         self.hyper_control_net = HyperControl()
         self.decoder = RecurrentDecoder((16, 24, 40, 128), (80, 40, 32, 64))
-
-    @classmethod
-    def from_config(cls, config):
-        return cls()
 
     def forward(self, audio, face):
         if face.dim() == 5:

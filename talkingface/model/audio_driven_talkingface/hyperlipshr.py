@@ -5,6 +5,7 @@ from talkingface.model.audio_driven_talkingface.blocks import (ConvBNReLU, ConvL
                                                               output_head)
 from talkingface.utils.errors import ConfigError
 from talkingface.utils.registry import MODELS
+from talkingface.model.abstract_talkingface import AbstractTalkingFace
 
 RESCALING_BY_SIZE = {128: 1, 256: 2, 512: 4}
 
@@ -13,7 +14,7 @@ def _residual_pair():
     return [ConvBNReLU(64, 64, 3, 1, 1, residual=True), ConvBNReLU(64, 64, 3, 1, 1, residual=True)]
 
 
-class HRDecoder(nn.Module):
+class HRDecoder(AbstractTalkingFace):
     """Sketch-guided high-resolution decoder (133,443 / 170,499 / 281,667 parameters for r = 1/2/4).
 
     forward(x (N,6,128,128) = [Base face (3), sketch (3)], BGR [0,1]) -> (N,3,128r,128r) in [0,1].

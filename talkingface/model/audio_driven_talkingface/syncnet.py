@@ -4,6 +4,7 @@ from torch.nn import functional as F
 
 from talkingface.model.audio_driven_talkingface.blocks import ConvBNReLU, channels_last
 from talkingface.utils.registry import MODELS
+from talkingface.model.abstract_talkingface import AbstractTalkingFace
 
 # (cin, cout, kernel, stride, padding, residual) per Conv-BN-ReLU block.
 FACE_LAYERS = (
@@ -29,7 +30,7 @@ def _encoder(layers):
 
 
 @MODELS.register("SyncNet")
-class SyncNet(nn.Module):
+class SyncNet(AbstractTalkingFace):
     """Lip-sync expert (22,991,744 parameters).
 
     forward(audio (N,1,80,16), face (N,15,64,128)) -> (audio_embedding (N,512), face_embedding (N,512)),
@@ -41,10 +42,6 @@ class SyncNet(nn.Module):
         super().__init__()
         self.face_encoder = _encoder(FACE_LAYERS)
         self.audio_encoder = _encoder(AUDIO_LAYERS)
-
-    @classmethod
-    def from_config(cls, config):
-        return cls()
 
     def forward(self, audio, face):
         face_embedding = self.face_encoder(channels_last(face, self.training)).flatten(1)
