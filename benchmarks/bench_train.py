@@ -1,11 +1,12 @@
-"""Training-step throughput and peak memory of SyncNet and HyperLipsBase on synthetic batches.
+"""Training-step throughput and peak memory of SyncNet, HyperLipsBase and HyperLipsHR (128/256).
 
 Runs the real trainers' `train_step` (losses, backward, optimizer steps; Base with its frozen
-expert and discriminator) on random tensors of the real shapes, on CUDA when present, else the
-CPU. Frames per step = batch * T (T = 5). Each model is measured in its own subprocess, so the
-CPU peak (max resident set size) belongs to that model alone. Prints one JSON object.
+expert and discriminator, HR with its discriminator) on random tensors of the real shapes, on
+CUDA when present, else the CPU. Frames per step = batch * T (T = 5) for SyncNet and Base, batch
+for HR (single frames). Each model is measured in its own subprocess, so the CPU peak (max
+resident set size) belongs to that model alone. Prints one JSON object.
 
-    python benchmarks/bench_train.py [--models SyncNet HyperLipsBase] [--batch 2] [--steps 3] [--threads N]
+    python benchmarks/bench_train.py [--models SyncNet HyperLipsBase HyperLipsHR@128 HyperLipsHR@256] [--batch 2] [--steps 3] [--threads N]
 On a machine shared with other jobs, fewer threads are often faster (idle OpenMP threads spin).
 """
 import argparse
@@ -23,10 +24,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 T = 5
 
 
-def synthetic_batch(model, batch_size, device, size=128):
+def synthetic_batch(model, batch_size, device, size=128, hr_size=128):
     import torch
     generator = torch.Generator().manual_seed(0)
-    if model == "SyncNet":
+    if model == "HyperLipsHR":  # single frames: [Base face, sketch] at 128 -> ground truth at hr_size
+        mask = torch.zeros(batch_size, 1, hr_size, hr_size)
+        mask[:, :, hr_size // 2:hr_size * 7 // 8, hr_size // 4:hr_size * 3 // 4] = 1
+        batch = {"input": torch.rand(batch_size, 6, size, size, generator=generator),
+                 "gt": torch.rand(batch_size, 3, hr_size, hr_size, generator=generator), "mask": mask,
+                 "lip_box": torch.tensor([[hr_size // 4, hr_size // 2, hr_size * 3 // 4, hr_size * 7 // 8]] * batch_size)}
+    elif model == "SyncNet":
         batch = {"face": torch.rand(batch_size, 3 * T, size // 2, size, generator=generator),
                  "mel": torch.randn(batch_size, 1, 80, 16, generator=generator),
                  "label": (torch.rand(batch_size, 1, generator=generator) > 0.5).float()}
@@ -41,8 +48,13 @@ def synthetic_batch(model, batch_size, device, size=128):
 
 
 def measure(model, batch_size, steps, device_name, threads):
-    """Run in a fresh process: build the trainer, warm up one step, time `steps` steps."""
+    """Run in a fresh process: build the trainer, warm up one step, time `steps` steps.
+
+    `model` is a model name; "HyperLipsHR@256" picks the HR decoder's output size.
+    """
     import torch
+    model, _, hr_size = model.partition("@")
+    hr_size = int(hr_size or 128)
     if threads:
         torch.set_num_threads(threads)
 
@@ -54,13 +66,15 @@ def measure(model, batch_size, steps, device_name, threads):
     with tempfile.TemporaryDirectory() as root:
         overrides = dict(checkpoint_root=os.path.join(root, "checkpoints"), results_root=os.path.join(root, "results"),
                          device=device_name, batch_size=batch_size)
+        if model == "HyperLipsHR":
+            overrides["img_size"] = hr_size
         if model == "HyperLipsBase":  # a random expert where Base looks for it
             save_checkpoint_file({"state_dict": SyncNet().state_dict()},
                                  checkpoint_path(os.path.join(root, "checkpoints", "demo", "SyncNet"), 1))
         config = Config(model=model, dataset="demo", config_dict=overrides)
         trainer = build_trainer(config)
         device = trainer.device
-        batch = synthetic_batch(model, batch_size, device)
+        batch = synthetic_batch(model, batch_size, device, hr_size=hr_size)
         trainer._set_mode(True)
         trainer.train_step(batch)  # warm-up: allocator, cuDNN autotuning, optimizer state
         if device.type == "cuda":
@@ -73,9 +87,10 @@ def measure(model, batch_size, steps, device_name, threads):
             torch.cuda.synchronize()
         seconds = (time.perf_counter() - start) / steps
         cpu_seconds = (time.process_time() - cpu_start) / steps
-    result = {"batch": batch_size, "frames_per_step": batch_size * T, "seconds_per_step": round(seconds, 3),
+    frames = batch_size if model == "HyperLipsHR" else batch_size * T  # HR batches single frames
+    result = {"batch": batch_size, "frames_per_step": frames, "seconds_per_step": round(seconds, 3),
               "cpu_seconds_per_step": round(cpu_seconds, 3), "threads": torch.get_num_threads(),
-              "frames_per_s": round(batch_size * T / seconds, 2), "amp": str(trainer.amp_dtype) if trainer.amp_enabled else "off"}
+              "frames_per_s": round(frames / seconds, 2), "amp": str(trainer.amp_dtype) if trainer.amp_enabled else "off"}
     if device.type == "cuda":
         result["peak_cuda_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
@@ -84,7 +99,7 @@ def measure(model, batch_size, steps, device_name, threads):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["SyncNet", "HyperLipsBase"])
+    parser.add_argument("--models", nargs="+", default=["SyncNet", "HyperLipsBase", "HyperLipsHR@128", "HyperLipsHR@256"])
     parser.add_argument("--batch", type=int, default=2, help="windows of 5 frames per step")
     parser.add_argument("--steps", type=int, default=3, help="timed steps (after one warm-up step)")
     parser.add_argument("--device", default="auto")
