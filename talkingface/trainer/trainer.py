@@ -197,7 +197,7 @@ class Trainer:
         dist_utils.barrier()
 
     def load_state(self, state, path="checkpoint", weights_only=False):
-        """Restore networks (and, unless `weights_only`, optimizers and counters) from `state`."""
+        """Restore networks and step counters (and, unless `weights_only`, optimizers) from `state`."""
         if state.get("model") not in (None, self.model_name):
             raise CheckpointError(f"{path} is a {state['model']} checkpoint, not {self.model_name}")
         networks = state.get("networks") or {self.main_network_name: state["state_dict"]}
@@ -208,6 +208,8 @@ class Trainer:
         except RuntimeError as exc:
             raise CheckpointError(f"{path} does not fit this {self.model_name} configuration "
                                   f"({str(exc).splitlines()[0]})") from None
+        self.global_step = int(state.get("global_step", 0))
+        self.global_epoch = int(state.get("global_epoch", 0))
         if weights_only:
             return
         for name, optimizer in self.optimizers.items():
@@ -216,8 +218,6 @@ class Trainer:
         for name, scaler in self.scalers.items():
             if name in state.get("scalers", {}):
                 scaler.load_state_dict(state["scalers"][name])
-        self.global_step = int(state.get("global_step", 0))
-        self.global_epoch = int(state.get("global_epoch", 0))
 
     def load_checkpoint(self, path=None, weights_only=False):
         """Load `path`, or the newest checkpoint of this model; returns the path loaded."""
