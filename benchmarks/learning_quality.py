@@ -158,7 +158,6 @@ def main():
 
     from talkingface.config import parse_value
     from talkingface.quick_start.quick_start import build_config, build_trainer, preprocess
-    from talkingface.utils.checkpoint import latest_checkpoint
 
     roots = dict(checkpoint_root=os.path.join(args.workdir, "checkpoints"),
                  results_root=os.path.join(args.workdir, "results"), device=args.device, resume=False)

@@ -6,28 +6,13 @@
 The HR decoder's output size (128/256/512) comes from its checkpoint, never from the config.
 """
 import logging
-import os
 
-from talkingface.utils.checkpoint import latest_checkpoint
+from talkingface.utils.checkpoint import stage_checkpoint
 from talkingface.utils.errors import CheckpointError, ConfigError, TalkingFaceError
 
 logger = logging.getLogger(__name__)
 
 INFER_MODELS = ("HyperLipsBase", "HyperLipsHR")
-
-
-def resolve_checkpoint(explicit, folder, model, dataset, option):
-    """Path of the checkpoint to use: `explicit` when given, else the latest one in `folder`."""
-    if explicit:
-        if not os.path.isfile(explicit):
-            raise CheckpointError(f"checkpoint not found: {explicit} (fix --{option})")
-        return str(explicit)
-    found = latest_checkpoint(folder)
-    if found is None:
-        raise CheckpointError(
-            f"no {model} checkpoint in {folder}/: train one first with `python run_talkingface.py "
-            f"--model={model} --dataset={dataset}` (or pass --{option}=PATH)")
-    return found
 
 
 def load_checked(name, path):
@@ -45,14 +30,13 @@ def load_checked(name, path):
 
 def checkpoint_paths(config):
     """(base_path, hr_path or None) for config["model"]."""
-    model, dataset = config["model"], config["dataset"]
+    model = config["model"]
     if model not in INFER_MODELS:
         raise ConfigError(f"--mode=infer works with --model=HyperLipsBase or --model=HyperLipsHR, not {model}")
-    base_dir = os.path.join(config["checkpoint_root"], dataset, "HyperLipsBase")
     if model == "HyperLipsBase":
-        return resolve_checkpoint(config["checkpoint"], config["checkpoint_dir"], model, dataset, "checkpoint"), None
-    hr = resolve_checkpoint(config["checkpoint"], config["checkpoint_dir"], model, dataset, "checkpoint")
-    base = resolve_checkpoint(config["base_checkpoint"], base_dir, "HyperLipsBase", dataset, "base_checkpoint")
+        return stage_checkpoint(config, model, config["checkpoint"]), None
+    hr = stage_checkpoint(config, model, config["checkpoint"])
+    base = stage_checkpoint(config, "HyperLipsBase", config["base_checkpoint"], "base_checkpoint")
     return base, hr
 
 

@@ -8,7 +8,6 @@ Discriminator step: BCE(D(gt), 1) + BCE(D(g.detach()), 0), with real and fake in
 that DistributedDataParallel sees one forward per backward.
 """
 import logging
-import os
 
 import numpy as np
 import torch
@@ -17,7 +16,7 @@ from torch.nn import functional as F
 from talkingface.trainer.syncnet_trainer import bce, expert_face_input, sync_probability
 from talkingface.trainer.trainer import Trainer
 from talkingface.utils.audio import frame_mel_chunks
-from talkingface.utils.checkpoint import latest_checkpoint
+from talkingface.utils.checkpoint import stage_checkpoint
 from talkingface.utils.errors import CheckpointError
 from talkingface.utils.registry import MODELS, TRAINERS
 
@@ -68,19 +67,7 @@ class HyperLipsBaseTrainer(Trainer):
     # ------------------------------------------------------------------ the frozen expert
     def expert_checkpoint(self):
         """config["sync_expert_path"] when set, else the newest checkpoint of the dataset's SyncNet."""
-        explicit = self.config["sync_expert_path"]
-        if explicit:
-            if not os.path.isfile(explicit):
-                raise CheckpointError(f"sync_expert_path {explicit} does not exist: pass a SyncNet checkpoint "
-                                      "or leave it empty to use the dataset's latest")
-            return explicit
-        dataset = self.config["dataset"]
-        folder = os.path.join(self.config["checkpoint_root"], dataset, "SyncNet")
-        path = latest_checkpoint(folder)
-        if path is None:
-            raise CheckpointError(f"no SyncNet checkpoint in {folder}/: run "
-                                  f"`python run_talkingface.py --model=SyncNet --dataset={dataset}` first")
-        return path
+        return stage_checkpoint(self.config, "SyncNet", self.config["sync_expert_path"], "sync_expert_path")
 
     def _load_expert(self):
         from talkingface.model import load_network

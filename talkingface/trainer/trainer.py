@@ -5,7 +5,6 @@ A subclass says *what* to train (`build`: networks and optimizers; `train_step`,
 *how*: device and mixed precision, DistributedDataParallel, the step loop with periodic
 validation and checkpoints, resuming, TensorBoard and progress bars.
 """
-import contextlib
 import logging
 import os
 import shutil

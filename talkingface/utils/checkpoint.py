@@ -63,3 +63,21 @@ def latest_checkpoint(folder):
 def strip_module_prefix(state_dict):
     """Keys saved under (Distributed)DataParallel start with 'module.'; drop it."""
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state_dict.items()}
+
+
+def stage_checkpoint(config, model, explicit=None, option="checkpoint"):
+    """The checkpoint a stage reads: `explicit` (which must exist) when set, else the newest one
+    that `model` wrote for this dataset (checkpoints/<dataset>/<model>/). A missing one is a
+    one-line error naming the command that makes it."""
+    if explicit:
+        if not os.path.isfile(explicit):
+            raise CheckpointError(f"checkpoint not found: {explicit} (fix --{option}, or leave it "
+                                  f"empty to use the latest {model} checkpoint)")
+        return str(explicit)
+    dataset = config["dataset"]
+    folder = os.path.join(config["checkpoint_root"], dataset, model)
+    found = latest_checkpoint(folder)
+    if found is None:
+        raise CheckpointError(f"no {model} checkpoint in {folder}/: run `python run_talkingface.py "
+                              f"--model={model} --dataset={dataset}` first (or pass --{option}=PATH)")
+    return found

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from talkingface.utils.checkpoint import CHECKPOINT_PATTERN, latest_checkpoint
+from talkingface.utils.checkpoint import CHECKPOINT_PATTERN, stage_checkpoint
 from talkingface.utils.distributed import is_main_process
 from talkingface.utils.errors import CheckpointError, ConfigError, InputError
 from talkingface.utils.registry import PREPROCESSORS
@@ -63,24 +63,9 @@ def hr_clip_dir(config, clip_id):
     return os.path.join(hr_root(config), clip_id)
 
 
-def base_checkpoint_dir(config):
-    return os.path.join(config["checkpoint_root"], config["dataset"], "HyperLipsBase")
-
-
 def resolve_base_checkpoint(config):
     """config["base_checkpoint"] when set, else the latest checkpoint of the Base stage."""
-    explicit = config["base_checkpoint"]
-    if explicit:
-        if not os.path.isfile(explicit):
-            raise CheckpointError(f"base_checkpoint {explicit} does not exist: fix --base_checkpoint "
-                                  f"or leave it empty to use the latest in {base_checkpoint_dir(config)}/")
-        return explicit
-    folder = base_checkpoint_dir(config)
-    latest = latest_checkpoint(folder)
-    if latest is None:
-        raise CheckpointError(f"no HyperLipsBase checkpoint in {folder}/: run `python run_talkingface.py "
-                              f"--model=HyperLipsBase --dataset={config['dataset']}` first")
-    return latest
+    return stage_checkpoint(config, "HyperLipsBase", config["base_checkpoint"], "base_checkpoint")
 
 
 def checkpoint_fingerprint(path):
