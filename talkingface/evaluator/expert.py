@@ -9,30 +9,15 @@ The expert sees what it was trained on (HYPERLIPS.md, the contract's mel convent
 Its embeddings are L2-normalised, so the Euclidean distance used here is sqrt(2 - 2 cos): the
 same ordering as the cosine its training loss uses, on the scale (0..sqrt 2) of a distance.
 """
-import os
 
 import cv2
 import numpy as np
 import torch
 
 from talkingface.utils.audio import mel_chunk, melspectrogram
-from talkingface.utils.checkpoint import latest_checkpoint
 
 EXPERT_SIZE = 128
 SAMPLES_PER_FRAME = 640
-
-
-def find_sync_expert(config):
-    """Checkpoint of the expert: config["sync_expert_path"], else the newest SyncNet checkpoint of
-    the dataset (checkpoints/<dataset>/SyncNet/). Returns (path or None, where it was looked for)."""
-    explicit = config["sync_expert_path"]
-    if explicit:
-        return (explicit if os.path.isfile(explicit) else None), explicit
-    dataset = config.get("dataset")
-    if not dataset:
-        return None, "sync_expert_path (not set)"
-    folder = os.path.join(config["checkpoint_root"], str(dataset), "SyncNet")
-    return latest_checkpoint(folder), folder
 
 
 def expert_windows(frames_bgr, hflip=False):

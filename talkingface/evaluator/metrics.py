@@ -30,6 +30,8 @@ import torch
 
 from talkingface.config.configurator import resolve_device
 from talkingface.evaluator import sync
+from talkingface.utils.checkpoint import stage_checkpoint
+from talkingface.utils.errors import CheckpointError
 from talkingface.utils.registry import METRICS
 
 logger = logging.getLogger(__name__)
@@ -258,12 +260,13 @@ class SyncScore(_SyncMetric):
         if network is not None:     # an already loaded expert (tests, scripts)
             self.net = network.to(self.device).eval()
             return
-        from talkingface.evaluator.expert import find_sync_expert
-        path, where = find_sync_expert(config)
-        if path is None:
-            dataset = config.get("dataset") or "<dataset>"
-            self.skip(f"no lip-sync expert checkpoint at {where}: train one with "
-                      f"`python run_talkingface.py --model=SyncNet --dataset={dataset}` or set sync_expert_path")
+        if not config["sync_expert_path"] and not config.get("dataset"):  # the standalone scorer
+            self.skip("no lip-sync expert given: pass --sync_expert PATH (a SyncNet checkpoint)")
+            return
+        try:
+            path = stage_checkpoint(config, "SyncNet", config["sync_expert_path"], "sync_expert_path")
+        except CheckpointError as exc:
+            self.skip(str(exc))
             return
         from talkingface.model import load_network
         logger.info("SyncScore uses the lip-sync expert %s", path)

@@ -1,8 +1,7 @@
 """metrics.json (strict JSON, written atomically) and the readable table of a results dict."""
-import json
 import math
-import os
-import tempfile
+
+from talkingface.utils import files
 
 # Not every consumer parses JSON's non-standard Infinity, so inf/nan become strings/null.
 NON_FINITE_NOTE = ('"inf" stands for +infinity (e.g. PSNR of identical frames); null means no value '
@@ -26,18 +25,8 @@ def json_safe(value):
 
 
 def write_json_atomic(path, data):
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(json_safe(data), f, indent=2, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Metrics as strict JSON: non-finite values spelled out (json_safe), written atomically."""
+    files.write_json_atomic(path, json_safe(data))
 
 
 def _cell(value):

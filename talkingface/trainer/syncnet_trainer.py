@@ -4,7 +4,6 @@ A sample is a 5-frame window (lower halves, stacked on channels) and a mel chunk
 whether the chunk belongs to the window (1) or to another place of the same clip (0). The
 embeddings are L2-normalised and non-negative, so their cosine is a probability in [0, 1].
 """
-import json
 import logging
 import os
 
@@ -13,6 +12,7 @@ from torch.nn import functional as F
 
 from talkingface.trainer.trainer import Trainer
 from talkingface.utils import distributed as dist_utils
+from talkingface.utils.files import write_json_atomic
 from talkingface.utils.registry import DATASETS, MODELS, TRAINERS
 
 logger = logging.getLogger(__name__)
@@ -81,15 +81,16 @@ class SyncNetTrainer(Trainer):
         """The expert's score: validation loss and sync accuracy on `split`, written to
         results_dir/metrics.json (it generates no video, so the Evaluator does not apply)."""
         dataset = DATASETS.get(self.config["dataset_class"])(self.config, split)
-        metrics = self.validate(self.build_dataloader(dataset, train=False))
+        if split == "val" and self.last_validation and self.last_validation_step == self.global_step:
+            metrics = self.last_validation   # fit() has just validated this very step
+        else:
+            metrics = self.validate(self.build_dataloader(dataset, train=False))
         if not dist_utils.is_main_process():
             return None
         result = {"model": self.model_name, "dataset": self.config["dataset"], "split": split,
                   "step": self.global_step, "samples": len(dataset), **metrics}
-        os.makedirs(self.results_dir, exist_ok=True)
         path = os.path.join(self.results_dir, "metrics.json")
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2)
+        write_json_atomic(path, result)
         logger.info("SyncNet %s: loss %.4f, sync accuracy %.3f (%s)", split, metrics.get("loss", float("nan")),
                     metrics.get("accuracy", float("nan")), path)
         return result

@@ -45,6 +45,7 @@ class Trainer:
         self.optimizers = {}
         self.amp_enabled, self.amp_dtype = self._amp_settings()
         self.writer = None
+        self.last_validation, self.last_validation_step = {}, None
         # Seed here too, so a trainer built outside run() (tests, notebooks) is just as repeatable.
         init_seed(config["seed"] + dist_utils.rank(), config["reproducible"])
         self.build()
@@ -327,7 +328,7 @@ class Trainer:
             logger.info("step %d validation: %s", self.global_step,
                         ", ".join(f"{k} {v:.4f}" for k, v in sorted(means.items())))
         self._set_mode(True)
-        self.last_validation = means
+        self.last_validation, self.last_validation_step = means, self.global_step
         return means
 
     def evaluate(self, split="val"):

@@ -32,6 +32,7 @@ from talkingface.data.dataset.clip import DONE_MARKER, SPLITS, filelist_path
 from talkingface.utils.audio import load_audio, melspectrogram, save_wav
 from talkingface.utils.errors import ConfigError, InputError
 from talkingface.utils.face import FaceDetector, crop_resize, pad_box, smooth_boxes
+from talkingface.utils.files import write_json_atomic, write_text_atomic
 from talkingface.utils.registry import PREPROCESSORS
 from talkingface.utils.video import iter_frames, probe_video
 
@@ -486,7 +487,7 @@ class HyperLipsBasePreprocessor:
 
     def _write_outputs(self, report, manifest):
         ok = sorted(e["clip_id"] for e in report.values() if e["status"] == "ok")
-        _write_json(os.path.join(self.root, "report.json"), dict(sorted(report.items())))
+        write_json_atomic(os.path.join(self.root, "report.json"), dict(sorted(report.items())), indent=1)
         if not ok:
             raise InputError(f"no usable clip in {self.data_root}: every video was skipped "
                              f"(reasons in {os.path.join(self.root, 'report.json')})")
@@ -494,13 +495,13 @@ class HyperLipsBasePreprocessor:
                                 self.split_params["split_seed"])
         os.makedirs(os.path.join(self.root, "filelists"), exist_ok=True)
         for split, clip_ids in splits.items():
-            _write_text(filelist_path(self.root, split), "".join(f"{c}\n" for c in clip_ids))
+            write_text_atomic(filelist_path(self.root, split), "".join(f"{c}\n" for c in clip_ids))
         skipped = len(report) - len(ok)
         logger.info("preprocessed data ready in %s: %d clips (train %d, val %d, test %d), %d files skipped%s",
                     self.root, len(ok), len(splits["train"]), len(splits["val"]), len(splits["test"]), skipped,
                     " (see report.json)" if skipped else "")
         # Written last: its presence says the whole preprocessing finished.
-        _write_json(self.manifest_path, {"manifest": manifest})
+        write_json_atomic(self.manifest_path, {"manifest": manifest}, indent=1)
 
 
 def _usable_cpus():
@@ -509,14 +510,3 @@ def _usable_cpus():
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
-
-
-def _write_text(path, text):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def _write_json(path, data):
-    _write_text(path, json.dumps(data, indent=1, sort_keys=False) + "\n")
