@@ -51,6 +51,8 @@ def overrides_from(args, rest, parser):
 
 def main(argv=None):
     args, rest, parser = parse_args(sys.argv[1:] if argv is None else argv)
+    from talkingface.utils.runtime import keep_freed_memory
+    keep_freed_memory()
     from talkingface.quick_start import run
     from talkingface.utils.errors import TalkingFaceError
     try:

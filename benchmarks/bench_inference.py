@@ -51,6 +51,8 @@ def child(args):
     from talkingface.utils.audio import load_audio, save_wav
     from talkingface.utils.checkpoint import save_checkpoint_file
 
+    from talkingface.utils.runtime import keep_freed_memory
+    keep_freed_memory()  # as run_talkingface.py does
     logging.getLogger("talkingface").setLevel(logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)  # a benchmark setting; the library never sets it

@@ -41,6 +41,8 @@ def main():
 
     from talkingface.config import Config
     from talkingface.data.dataprocess.demo import ensure_demo_dataset
+    from talkingface.utils.runtime import keep_freed_memory
+    keep_freed_memory()  # as run_talkingface.py does
     from talkingface.data.dataprocess.hyperlipsbase_process import HyperLipsBasePreprocessor
 
     videos = args.videos or sorted(glob.glob(os.path.join(SAMPLES_DIR, "*.mp4")))

@@ -6,7 +6,7 @@ CUDA when present, else the CPU. Frames per step = batch * T (T = 5) for SyncNet
 for HR (single frames). Each model is measured in its own subprocess, so the CPU peak (max
 resident set size) belongs to that model alone. Prints one JSON object.
 
-    python benchmarks/bench_train.py [--models SyncNet HyperLipsBase HyperLipsHR@128 HyperLipsHR@256] [--batch 2] [--steps 3] [--threads N]
+    python benchmarks/bench_train.py [--models SyncNet HyperLipsBase HyperLipsHR@128 HyperLipsHR@256] [--batch 2] [--steps 3] [--threads N] [--compile]
 On a machine shared with other jobs, fewer threads are often faster (idle OpenMP threads spin).
 """
 import argparse
@@ -47,12 +47,14 @@ def synthetic_batch(model, batch_size, device, size=128, hr_size=128):
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def measure(model, batch_size, steps, device_name, threads):
+def measure(model, batch_size, steps, device_name, threads, compile_networks=False):
     """Run in a fresh process: build the trainer, warm up one step, time `steps` steps.
 
     `model` is a model name; "HyperLipsHR@256" picks the HR decoder's output size.
     """
     import torch
+    from talkingface.utils.runtime import keep_freed_memory
+    keep_freed_memory()  # as run_talkingface.py does
     model, _, hr_size = model.partition("@")
     hr_size = int(hr_size or 128)
     if threads:
@@ -65,7 +67,7 @@ def measure(model, batch_size, steps, device_name, threads):
 
     with tempfile.TemporaryDirectory() as root:
         overrides = dict(checkpoint_root=os.path.join(root, "checkpoints"), results_root=os.path.join(root, "results"),
-                         device=device_name, batch_size=batch_size)
+                         device=device_name, batch_size=batch_size, compile=compile_networks)
         if model == "HyperLipsHR":
             overrides["img_size"] = hr_size
         if model == "HyperLipsBase":  # a random expert where Base looks for it
@@ -76,7 +78,9 @@ def measure(model, batch_size, steps, device_name, threads):
         device = trainer.device
         batch = synthetic_batch(model, batch_size, device, hr_size=hr_size)
         trainer._set_mode(True)
-        trainer.train_step(batch)  # warm-up: allocator, cuDNN autotuning, optimizer state
+        warm_up = time.perf_counter()
+        trainer.train_step(batch)  # warm-up: allocator, cuDNN autotuning, optimizer state, compilation
+        warm_up = time.perf_counter() - warm_up
         if device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -90,7 +94,8 @@ def measure(model, batch_size, steps, device_name, threads):
     frames = batch_size if model == "HyperLipsHR" else batch_size * T  # HR batches single frames
     result = {"batch": batch_size, "frames_per_step": frames, "seconds_per_step": round(seconds, 3),
               "cpu_seconds_per_step": round(cpu_seconds, 3), "threads": torch.get_num_threads(),
-              "frames_per_s": round(frames / seconds, 2), "amp": str(trainer.amp_dtype) if trainer.amp_enabled else "off"}
+              "frames_per_s": round(frames / seconds, 2), "amp": str(trainer.amp_dtype) if trainer.amp_enabled else "off",
+              "compiled": compile_networks, "first_step_seconds": round(warm_up, 1)}
     if device.type == "cuda":
         result["peak_cuda_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
@@ -104,11 +109,12 @@ def main():
     parser.add_argument("--steps", type=int, default=3, help="timed steps (after one warm-up step)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the networks (compile=true)")
     parser.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args._child:  # one model, in this process
-        print(json.dumps(measure(args._child, args.batch, args.steps, args.device, args.threads)))
+        print(json.dumps(measure(args._child, args.batch, args.steps, args.device, args.threads, args.compile)))
         return
 
     import torch
@@ -119,7 +125,8 @@ def main():
               "load_average_1min": round(os.getloadavg()[0], 2), "models": {}}
     for model in args.models:
         command = [sys.executable, os.path.abspath(__file__), "--_child", model, "--batch", str(args.batch),
-                   "--steps", str(args.steps), "--device", device, "--threads", str(args.threads)]
+                   "--steps", str(args.steps), "--device", device, "--threads", str(args.threads)] + \
+            (["--compile"] if args.compile else [])
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         report["models"][model] = json.loads(output.strip().splitlines()[-1])
     report["load_average_1min_at_end"] = round(os.getloadavg()[0], 2)   # >> cpu_count: timings are shared-machine ones

@@ -154,6 +154,8 @@ def main():
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="extra Base config overrides, e.g. --set learning_rate=1e-4 gan_weight=0")
     args = parser.parse_args()
+    from talkingface.utils.runtime import keep_freed_memory
+    keep_freed_memory()  # as run_talkingface.py does
     torch.set_num_threads(args.threads)
 
     from talkingface.config import parse_value

@@ -7,14 +7,24 @@ HRDecoder 128/256/512) it builds the official and our network, fills the officia
 deterministic weights of tests/test_networks_equivalence.py, loads the official state dict into
 ours through `talkingface.model.load_network` (official checkpoint format, with "module."
 prefixes), and reports the max abs difference of the outputs (and, for Base, of the parameter
-gradients of an L1 loss). Then it times, on the CPU, a training step (forward + backward + Adam
-step) and no-grad inference for both implementations, interleaved, and prints one JSON object.
+gradients of an L1 loss, and of one whole training step's updates: the official script's step
+against HyperLipsBaseTrainer.train_step, with SGD lr 1 so that the update is the gradient).
+
+Then it times, on the CPU, per network a training step (forward + backward + Adam step) and
+no-grad inference, and the WHOLE Base training step (generator, frozen expert, discriminator,
+both optimizers), twice:
+- timing_same_process: both implementations in this process, interleaved, with the same malloc
+  setting (--allocator, default tuned): the networks' and the trainer's own speed;
+- timing_as_run: each in a fresh process as its users run it: the official code with glibc's
+  default malloc, ours with the setting run_talkingface.py applies (talkingface/utils/runtime.py).
+The speed ratio is official seconds / our seconds.
 
 Timing: the process CPU time of each call (time.process_time, min over --repeats) is the main
 figure, because wall time on a shared machine mostly measures the other processes; wall times are
 reported too. --threads sets torch's intra-op threads (default 1, the most stable). Timed cases:
 HyperLipsBase at 128 (train B=2,T=5; inference --frames frames), SyncNet (train 8), the Base
-discriminator (2x5 frames), HRDecoder x4 (128 -> 512) and the HR discriminator at 512.
+discriminator (2x5 frames), HRDecoder x4 (128 -> 512), the HR discriminator at 512 and
+HyperLipsBase_full_training_step (B=2, T=5).
 
 Regenerate the committed test fixture (official outputs for the recipe's weights and inputs):
 
@@ -29,7 +39,10 @@ import argparse
 import importlib.util
 import json
 import os
+import platform
+import subprocess
 import sys
+import tempfile
 import time
 import types
 
@@ -41,6 +54,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from talkingface.model import load_network  # noqa: E402
+from talkingface.utils.runtime import keep_freed_memory  # noqa: E402
 
 
 def load_recipe():
@@ -179,7 +193,7 @@ def write_fixture(official, recipe, path):
 
 
 # ---- timing ----------------------------------------------------------------------------------
-def timed(fn, repeats, results, key):
+def timed(fn, results, key):
     wall, cpu = time.perf_counter(), time.process_time()
     fn()
     results.setdefault(key, {"wall": [], "cpu": []})
@@ -214,50 +228,200 @@ def timing_cases(frames, generator):
     }
 
 
-def benchmark(official, recipe, repeats, frames, only=None):
-    report = {}
-    for case, (name, rescaling, train_in, loss_fn, infer_in, train_frames) in timing_cases(
-            frames, torch.Generator().manual_seed(11)).items():
-        if only and case not in only:
-            continue
-        theirs = official_network(official, name, rescaling, recipe)
-        nets = {"official": theirs, "ours": ours_from(theirs, name)}
-        optimizers = {k: torch.optim.Adam(n.parameters(), lr=1e-4, betas=(0.5, 0.999)) for k, n in nets.items()}
+def network_runners(official, recipe, case, spec, which):
+    """{"train_step": fn, "inference": fn} per implementation in `which`, and the frame counts."""
+    name, rescaling, train_in, loss_fn, infer_in, train_frames = spec
+    theirs = official_network(official, name, rescaling, recipe)
+    nets = {"official": theirs, "ours": ours_from(theirs, name)}
+    runners = {}
+    for key in which:
+        network = nets[key]
+        optimizer = torch.optim.Adam(network.parameters(), lr=1e-4, betas=(0.5, 0.999))
 
-        def train_step(key):
-            network, optimizer = nets[key], optimizers[key]
+        def train_step(network=network, optimizer=optimizer):
             network.train()
             loss = loss_fn(network(*train_in))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
 
-        def infer(key):
-            network = nets[key].eval()
+        def infer(network=network, key=key):
+            network.eval()
             # the official inference script runs under no_grad; ours uses inference_mode
             with torch.no_grad() if key == "official" else torch.inference_mode():
                 network(*infer_in)
 
-        results = {}
-        for key in nets:  # warm-up (allocator, oneDNN primitive caches)
-            train_step(key)
-            infer(key)
-        for _ in range(repeats):  # interleaved, so load changes hit both alike
-            for key in nets:
-                timed(lambda: train_step(key), repeats, results, f"train_step/{key}")
-                timed(lambda: infer(key), repeats, results, f"inference/{key}")
-        n_infer = len(infer_in[0]) if name != "BaseDiscriminator" else infer_in[0].shape[0] * infer_in[0].shape[2]
-        entry = {}
-        for kind, n_frames in (("train_step", train_frames), ("inference", n_infer)):
-            row = {"frames": n_frames}
-            for key in nets:
-                row[f"{key}_frames_per_cpu_s"] = round(n_frames / min(results[f"{kind}/{key}"]["cpu"]), 3)
-                row[f"{key}_frames_per_wall_s"] = round(n_frames / min(results[f"{kind}/{key}"]["wall"]), 3)
-            row["speed_ratio_cpu"] = round(row["ours_frames_per_cpu_s"] / row["official_frames_per_cpu_s"], 3)
-            row["speed_ratio_wall"] = round(row["ours_frames_per_wall_s"] / row["official_frames_per_wall_s"], 3)
-            entry[kind] = row
-        report[case] = entry
+        runners[key] = {"train_step": train_step, "inference": infer}
+    n_infer = infer_in[0].shape[0] * (infer_in[0].shape[2] if name == "BaseDiscriminator" else 1)
+    return runners, {"train_step": train_frames, "inference": n_infer}
+
+
+# ---- the whole Base training step: the official script's step vs our trainer ------------------
+def base_step_batch(batch_size=2, size=128):
+    g = torch.Generator().manual_seed(13)
+    gt = torch.rand(batch_size, 3, 5, size, size, generator=g)
+    masked = gt.clone()
+    masked[:, :, :, size // 2:] = 0
+    return {"face": torch.cat([masked, torch.rand(gt.shape, generator=g)], dim=1), "gt": gt,
+            "indiv_mels": torch.rand(batch_size, 5, 1, 80, 16, generator=g) * 8 - 4,
+            "mel": torch.rand(batch_size, 1, 80, 16, generator=g) * 8 - 4}
+
+
+def official_base_step(generator, discriminator, expert, g_opt, d_opt, batch):
+    """Train_hyperlipsBase.py's step (0.03 sync + 0.2 GAN + 0.77 L1, then the D step), with the
+    discriminator's perceptual_forward written without its hard-coded .cuda()."""
+    bce = nn.functional.binary_cross_entropy
+    g_opt.zero_grad()
+    d_opt.zero_grad()
+    g = generator(batch["indiv_mels"], batch["face"])
+    lower = g[:, :, :, g.size(3) // 2:]
+    lower = torch.cat([lower[:, :, i] for i in range(5)], dim=1)
+    lower = nn.functional.interpolate(lower, (64, 128), mode="bilinear", align_corners=False)
+    audio, face = expert(batch["mel"], lower)
+    cosine = nn.functional.cosine_similarity(audio, face).unsqueeze(1)
+    sync_loss = bce(cosine, torch.ones_like(cosine))
+    prediction = discriminator(g)
+    perceptual_loss = bce(prediction, torch.ones_like(prediction))
+    loss = 0.03 * sync_loss + 0.2 * perceptual_loss + 0.77 * nn.functional.l1_loss(g, batch["gt"])
+    loss.backward()
+    g_opt.step()
+    d_opt.zero_grad()
+    prediction = discriminator(batch["gt"])
+    bce(prediction, torch.ones_like(prediction)).backward()
+    prediction = discriminator(g.detach())
+    bce(prediction, torch.zeros_like(prediction)).backward()
+    d_opt.step()
+
+
+def base_step_runners(official, recipe, which, workdir, sgd=False):
+    """One full Base training step per implementation in `which`, from identical weights.
+
+    Official: its networks and the script's step with Adam (G 1e-4, D 5e-4, betas 0.5/0.999).
+    Ours: HyperLipsBaseTrainer.train_step, the networks loaded from the official weights and the
+    expert from an official-format checkpoint. `sgd`: SGD with lr 1 for both, so that one step's
+    update IS the gradient (for the equality check). Returns (runners, networks per implementation).
+    """
+    from talkingface.config import Config
+    from talkingface.trainer.hyperlipsbase_trainer import HyperLipsBaseTrainer
+
+    generator = official_network(official, "HyperLipsBase", 1, recipe)
+    discriminator = official_network(official, "BaseDiscriminator", 1, recipe)
+    expert = official_network(official, "SyncNet", 1, recipe).eval()
+    for parameter in expert.parameters():
+        parameter.requires_grad_(False)
+    batch = base_step_batch()
+    runners, networks = {}, {}
+    if "official" in which:
+        make = (lambda params, lr: torch.optim.SGD(params, lr=1.0)) if sgd else \
+            (lambda params, lr: torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999)))
+        g_opt, d_opt = make(generator.parameters(), 1e-4), make(discriminator.parameters(), 5e-4)
+
+        def official_step():
+            generator.train(), discriminator.train()
+            official_base_step(generator, discriminator, expert, g_opt, d_opt, batch)
+
+        runners["official"] = official_step
+        networks["official"] = (generator, discriminator)
+    if "ours" in which:
+        expert_path = os.path.join(workdir, "expert_official_format.pth")
+        torch.save({"state_dict": {"module." + k: v for k, v in expert.state_dict().items()}}, expert_path)
+        config = Config(model="HyperLipsBase", dataset="demo", config_dict=dict(
+            checkpoint_root=os.path.join(workdir, "checkpoints"), results_root=os.path.join(workdir, "results"),
+            device="cpu", batch_size=2, sync_expert_path=expert_path, syncnet_hflip=False,
+            sync_weight=0.03, gan_weight=0.2, l1_weight=0.77))
+        trainer = HyperLipsBaseTrainer(config)
+        trainer.networks["generator"].load_state_dict(generator.state_dict())
+        trainer.networks["discriminator"].load_state_dict(discriminator.state_dict())
+        if sgd:
+            trainer.optimizers = {name: torch.optim.SGD(trainer.networks[name].parameters(), lr=1.0)
+                                  for name in ("generator", "discriminator")}
+        trainer._set_mode(True)
+        runners["ours"] = lambda: trainer.train_step(batch)
+        networks["ours"] = (trainer.networks["generator"], trainer.networks["discriminator"])
+    return runners, networks
+
+
+def compare_base_step(official, recipe, workdir):
+    """Max difference of one SGD(lr=1) step's updates (= the gradients) of every G and D tensor
+    (parameters and BN statistics), relative to the largest update."""
+    runners, networks = base_step_runners(official, recipe, ("official", "ours"), workdir, sgd=True)
+    before = {key: [{k: v.clone() for k, v in n.state_dict().items()} for n in nets] for key, nets in networks.items()}
+    for run in runners.values():
+        run()
+    worst, largest = 0.0, 0.0
+    for index in range(2):
+        theirs, ours = networks["official"][index].state_dict(), networks["ours"][index].state_dict()
+        for key in theirs:
+            if not theirs[key].is_floating_point():
+                continue
+            update_theirs = theirs[key] - before["official"][index][key]
+            update_ours = ours[key] - before["ours"][index][key]
+            worst = max(worst, float((update_theirs - update_ours).abs().max()))
+            largest = max(largest, float(update_theirs.abs().max()))
+    return worst / largest
+
+
+def all_runners(official, recipe, which, frames, only, workdir):
+    """case -> (runners {impl: {kind: fn}}, frames {kind: n})."""
+    cases = {}
+    for case, spec in timing_cases(frames, torch.Generator().manual_seed(11)).items():
+        if not only or case in only:
+            cases[case] = network_runners(official, recipe, case, spec, which)
+    if not only or "HyperLipsBase_full_training_step" in only:
+        step_runners, _ = base_step_runners(official, recipe, which, workdir)
+        cases["HyperLipsBase_full_training_step"] = ({k: {"train_step": fn} for k, fn in step_runners.items()},
+                                                     {"train_step": 10})
+    return cases
+
+
+def measure(official, recipe, which, repeats, frames, only):
+    """Min CPU and wall seconds per call: case -> kind -> impl -> {"cpu", "wall"}.
+
+    Implementations in `which` are interleaved, so that load changes hit them alike."""
+    with tempfile.TemporaryDirectory() as workdir:
+        cases = all_runners(official, recipe, which, frames, only, workdir)
+        seconds = {}
+        for case, (runners, counts) in cases.items():
+            results = {}
+            for key in which:  # warm-up (allocator, oneDNN primitive caches, optimizer state)
+                for fn in runners[key].values():
+                    fn()
+            for _ in range(repeats):
+                for key in which:
+                    for kind, fn in runners[key].items():
+                        timed(fn, results, f"{kind}/{key}")
+            seconds[case] = {kind: {"frames": n, **{key: {clock: min(results[f"{kind}/{key}"][clock])
+                                                            for clock in ("cpu", "wall")} for key in which}}
+                             for kind, n in counts.items()}
+    return seconds
+
+
+def ratios(seconds):
+    """frames/s of both implementations and ours/official speed ratios, per case and kind."""
+    report = {}
+    for case, kinds in seconds.items():
+        report[case] = {}
+        for kind, row in kinds.items():
+            n = row["frames"]
+            entry = {"frames": n}
+            for key in ("official", "ours"):
+                entry[f"{key}_frames_per_cpu_s"] = round(n / row[key]["cpu"], 3)
+                entry[f"{key}_frames_per_wall_s"] = round(n / row[key]["wall"], 3)
+            entry["speed_ratio_cpu"] = round(row["official"]["cpu"] / row["ours"]["cpu"], 3)
+            entry["speed_ratio_wall"] = round(row["official"]["wall"] / row["ours"]["wall"], 3)
+            report[case][kind] = entry
     return report
+
+
+def measure_in_child(args, which, tuned):
+    """`measure` for one implementation in a fresh process, its allocator as it runs for users."""
+    command = [sys.executable, os.path.abspath(__file__), "--official", args.official, "--_child", which,
+               "--repeats", str(args.repeats), "--frames", str(args.frames), "--threads", str(args.threads)]
+    if args.only:
+        command += ["--only", args.only]
+    env = dict(os.environ, TALKINGFACE_DEFAULT_MALLOC="" if tuned else "1")
+    output = subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout
+    return json.loads(output.strip().splitlines()[-1])
 
 
 def main():
@@ -269,22 +433,49 @@ def main():
     parser.add_argument("--frames", type=int, default=16, help="frames per inference call")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--only", help="comma-separated timing cases (default: all)")
+    parser.add_argument("--allocator", choices=("default", "tuned"), default="tuned",
+                        help="malloc setting of the same-process timing, shared by both implementations")
+    parser.add_argument("--no-as-run", action="store_true", help="skip the timing of each implementation in its own process")
+    parser.add_argument("--_child", choices=("official", "ours"), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if not os.path.isdir(os.path.join(args.official, "models")):
         print(f"skipped: no official HyperLips checkout at {args.official} (expected a 'models' folder)")
         return
     torch.set_num_threads(args.threads)
+    only = set(args.only.split(",")) if args.only else None
+    if args._child:
+        if args._child == "ours":
+            keep_freed_memory()   # as run_talkingface.py does
+        seconds = measure(load_official(os.path.abspath(args.official)), load_recipe(), (args._child,),
+                          args.repeats, args.frames, only)
+        print(json.dumps(seconds))
+        return
+    if args.allocator == "tuned":
+        keep_freed_memory()
     recipe = load_recipe()
     official = load_official(os.path.abspath(args.official))
-    report = {"torch": torch.__version__, "threads": args.threads}
+    report = {"torch": torch.__version__, "threads": args.threads, "cpu": platform.processor() or platform.machine(),
+              "load_average_1min": round(os.getloadavg()[0], 2)}
     if args.write_fixture:
         report["fixture"] = write_fixture(official, recipe, args.write_fixture)
     report["max_abs_diff"], report["gradient_diff"] = compare_outputs(official, recipe)
+    with tempfile.TemporaryDirectory() as workdir:
+        report["gradient_diff"]["base_full_training_step_updates_relative"] = compare_base_step(official, recipe, workdir)
     report["max_abs_diff_ok"] = max(report["max_abs_diff"].values()) <= 1e-4
     if not args.skip_timing:
-        only = set(args.only.split(",")) if args.only else None
-        report["timing_cpu"] = benchmark(official, recipe, args.repeats, args.frames, only)
+        report["timing_same_process"] = {
+            "allocator": "tuned (both)" if args.allocator == "tuned" else "glibc default (both)",
+            **ratios(measure(official, recipe, ("official", "ours"), args.repeats, args.frames, only))}
+        if not args.no_as_run:
+            seconds = {"official": measure_in_child(args, "official", tuned=False),
+                       "ours": measure_in_child(args, "ours", tuned=True)}
+            merged = {case: {kind: {"frames": row["frames"], "official": row["official"],
+                                    "ours": seconds["ours"][case][kind]["ours"]}
+                             for kind, row in kinds.items()} for case, kinds in seconds["official"].items()}
+            report["timing_as_run"] = {"allocator": "official: glibc default; ours: tuned, as run_talkingface.py",
+                                       **ratios(merged)}
+    report["load_average_1min_at_end"] = round(os.getloadavg()[0], 2)
     print(json.dumps(report, indent=2))
 
 

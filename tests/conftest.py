@@ -8,6 +8,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest  # noqa: E402
 
+from talkingface.utils.runtime import keep_freed_memory  # noqa: E402
+
+keep_freed_memory()  # as the entry points do
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 SAMPLES_DIR = REPO_ROOT.parent / "shared" / "data" / "hyperlips_samples"
 

@@ -100,6 +100,48 @@ def test_checkpoint_resume_continues_with_identical_optimizer_state(workdir):
             assert torch.equal(a, b)
 
 
+def test_train_step_gives_the_official_step_order_gradients(workdir):
+    """train_step shares one discriminator pass between the two players and restricts each
+    backward to its own parameters; the updates must equal the official order: G step with
+    D(g), then D(gt) and D(g.detach()) for the D step. SGD with lr 1 makes each update the
+    gradient itself, so this compares the gradients of every parameter of both networks."""
+    import copy
+
+    save_random_expert(workdir)
+    torch.manual_seed(0)
+    trainer = HyperLipsBaseTrainer(make_config(workdir, gan_weight=0.2, sync_weight=0.03, l1_weight=0.77))
+    generator, discriminator = trainer.networks["generator"], trainer.networks["discriminator"]
+    ref_generator, ref_discriminator = copy.deepcopy(generator), copy.deepcopy(discriminator)
+    initial_generator, initial_discriminator = copy.deepcopy(generator), copy.deepcopy(discriminator)
+    trainer.optimizers = {"generator": torch.optim.SGD(generator.parameters(), lr=1.0),
+                          "discriminator": torch.optim.SGD(discriminator.parameters(), lr=1.0)}
+    batch = fixed_batch()
+    trainer._set_mode(True)
+    trainer.train_step(batch)
+
+    from talkingface.trainer.syncnet_trainer import bce
+    ref_generator.train(), ref_discriminator.train()
+    g_opt = torch.optim.SGD(ref_generator.parameters(), lr=1.0)
+    d_opt = torch.optim.SGD(ref_discriminator.parameters(), lr=1.0)
+    g = ref_generator(batch["indiv_mels"], batch["face"])
+    loss = (0.03 * trainer.sync_loss(batch["mel"], g) + 0.2 * bce(ref_discriminator(g), 1.0)
+            + 0.77 * torch.nn.functional.l1_loss(g, batch["gt"]))
+    g_opt.zero_grad(), d_opt.zero_grad()
+    loss.backward()
+    g_opt.step()
+    d_opt.zero_grad()
+    bce(ref_discriminator(batch["gt"]), 1.0).backward()
+    bce(ref_discriminator(g.detach()), 0.0).backward()
+    d_opt.step()
+
+    for ours, reference in ((generator, ref_generator), (discriminator, ref_discriminator)):
+        ours_state, ref_state = ours.state_dict(), reference.state_dict()
+        for key in ref_state:   # parameters and BatchNorm running statistics
+            torch.testing.assert_close(ours_state[key], ref_state[key], rtol=1e-4, atol=1e-6, msg=key)
+    for ours, before in ((generator, initial_generator), (discriminator, initial_discriminator)):
+        assert any(not torch.equal(p, q) for p, q in zip(ours.parameters(), before.parameters()))
+
+
 class FakeClip:
     """What generate_clip reads from a Clip: n_frames, fps, frame(k, size), mel."""
 

@@ -213,6 +213,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    from talkingface.utils.runtime import keep_freed_memory
+    keep_freed_memory()
     try:
         pairs = check_inputs(args)
         from talkingface.utils.logger import init_logger

@@ -4,8 +4,9 @@ Generator loss `sync_weight*sync + gan_weight*GAN + l1_weight*L1` (0.03/0.2/0.77
 - sync: lower halves of the 5 generated frames -> frozen SyncNet expert -> BCE against "in sync";
 - GAN: the BaseDiscriminator (it looks at lower halves only), non-saturating BCE against "real";
 - L1 against the ground-truth frames.
-Discriminator step: BCE(D(gt), 1) + BCE(D(g.detach()), 0), with real and fake in ONE forward so
-that DistributedDataParallel sees one forward per backward.
+Discriminator step: BCE(D(gt), 1) + BCE(D(g.detach()), 0). One D forward over [gt, g] serves
+both steps (see train_step); under DistributedDataParallel each network still sees one forward
+and one backward that reaches its parameters per step.
 """
 import logging
 
@@ -102,41 +103,50 @@ class HyperLipsBaseTrainer(Trainer):
         audio_embedding, face_embedding = self.expert(mel, face)
         return bce(sync_probability(audio_embedding, face_embedding), 1.0)
 
-    def _generator_losses(self, batch):
+    def _generator_losses(self, batch, gan=True):
+        """The generator's output and losses; the GAN term only when `gan` (train_step adds it
+        itself, from the discriminator pass it shares with the discriminator's loss)."""
         generated = self.networks["generator"](batch["indiv_mels"], batch["face"])
         losses = {"l1": F.l1_loss(generated.float(), batch["gt"].float())}
         total = self.l1_weight * losses["l1"]
         if self.sync_weight > 0:
             losses["sync"] = self.sync_loss(batch["mel"], generated)
             total = total + self.sync_weight * losses["sync"]
-        if self.gan_weight > 0:
+        if gan and self.gan_weight > 0:
             losses["gan"] = bce(self.networks["discriminator"](generated), 1.0)
             total = total + self.gan_weight * losses["gan"]
         losses["total"] = total
         return generated, losses
 
-    def _discriminator_loss(self, real, fake):
-        """BCE(D(real), 1) + BCE(D(fake), 0), both halves of one concatenated forward."""
+    def _discriminate(self, real, fake):
+        """D's predictions for real and fake windows, from ONE forward of the two concatenated:
+        (T, B) real and (T, B) fake probabilities (time-major like the generator)."""
         predictions = self.networks["discriminator"](torch.cat([real, fake], dim=0))
-        # time-major (T*2B, 1) predictions -> (T, 2B): the first B columns are the real samples
         predictions = predictions.view(real.shape[2], 2 * real.shape[0])
-        batch_size = real.shape[0]
-        real_loss = bce(predictions[:, :batch_size], 1.0)
-        fake_loss = bce(predictions[:, batch_size:], 0.0)
-        return real_loss, fake_loss
+        return predictions[:, :real.shape[0]], predictions[:, real.shape[0]:]
 
     # ------------------------------------------------------------------ steps
     def train_step(self, batch):
+        """Generator step, then discriminator step, with the official losses and order.
+
+        The discriminator is not updated between the two steps, so D(generated) is the same for
+        both; one D forward over [gt, generated] serves the generator's GAN loss and D's own
+        loss (the official code runs D three times: on g, on gt and on g.detach()). Each backward
+        is restricted to its own player's parameters: the generator's loss computes no
+        discriminator weight gradients, and D's loss flows nowhere into the generator.
+        """
+        gan = self.gan_weight > 0
         with self.autocast():
-            generated, losses = self._generator_losses(batch)
-        self.optimize("generator", losses["total"])
+            generated, losses = self._generator_losses(batch, gan=False)
+            if gan:
+                real, fake = self._discriminate(batch["gt"], generated)
+                losses["gan"] = bce(fake, 1.0)
+                losses["total"] = losses["total"] + self.gan_weight * losses["gan"]
+                real_loss, fake_loss = bce(real, 1.0), bce(fake, 0.0)
+        self.optimize("generator", losses["total"], only_own_parameters=gan, retain_graph=gan)
         logged = {k: v.item() for k, v in losses.items()}
-        if self.gan_weight > 0:
-            # the generator's backward also left gradients on D: they belong to no D step
-            self.optimizers["discriminator"].zero_grad(set_to_none=True)
-            with self.autocast():
-                real_loss, fake_loss = self._discriminator_loss(batch["gt"], generated.detach())
-            self.optimize("discriminator", real_loss + fake_loss)
+        if gan:
+            self.optimize("discriminator", real_loss + fake_loss, only_own_parameters=True)
             logged.update(disc_real=real_loss.item(), disc_fake=fake_loss.item())
         return logged
 

@@ -100,13 +100,21 @@ class Trainer:
             return batch.to(self.device, non_blocking=True)
         return batch
 
-    def optimize(self, name, loss):
-        """Backward (scaled under fp16), optional gradient clipping, optimizer step, zero_grad."""
+    def optimize(self, name, loss, only_own_parameters=False, retain_graph=False):
+        """Backward (scaled under fp16), optional gradient clipping, optimizer step, zero_grad.
+
+        `only_own_parameters`: gradients reach only this optimizer's parameters (autograd then
+        skips every weight gradient of the other networks the loss passed through).
+        `retain_graph`: keep the graph for a later backward through a shared part of it.
+        """
         if not torch.isfinite(loss.detach()).all():
             raise TrainingError(f"the {name} loss became {loss.item()} at step {self.global_step + 1}; "
                                 "lower the learning rate, set --clip_grad_norm, or resume from an earlier checkpoint")
         optimizer, scaler = self.optimizers[name], self.scalers[name]
-        scaler.scale(loss).backward()
+        inputs = None
+        if only_own_parameters:
+            inputs = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+        scaler.scale(loss).backward(inputs=inputs, retain_graph=retain_graph)
         clip = self.config["clip_grad_norm"]
         if clip and clip > 0:
             scaler.unscale_(optimizer)
