@@ -15,14 +15,7 @@ frame: the rate if its work spread perfectly over idle cores (an upper bound), p
 prints their peak RSS: streaming keeps them about equal.
 Prints one JSON object per run, and a summary list at the end.
 
-Measured 2026-11-24 on the 2-core workplace VM while other jobs kept its load average at 12-14
-(video1.mp4, 1278x720; random-init weights; bf16 + channels_last on; x264 veryfast):
-  --seconds 6 --threads 1 --memory-check
-    Base    150 frames 23.6 s  6.35 fps  peak 939 MB  95 ms CPU/frame -> ~21 fps on 2 idle cores
-    HR 128  150 frames 33.2 s  4.52 fps  peak 964 MB 123 ms CPU/frame -> ~16 fps on 2 idle cores
-    Base 5 s of audio: peak 943 MB; 20 s (video looped ping-pong): peak 929 MB (flat)
-  --seconds 6 (torch's default 2 threads: OpenMP threads spin while the machine is oversubscribed)
-    Base 1.15 fps (409 ms CPU/frame), HR 128 0.76 fps (701 ms CPU/frame)
+Latest figures, with the commands that made them: README.md, Benchmarks.
 """
 import argparse
 import json

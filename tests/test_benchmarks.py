@@ -1,0 +1,33 @@
+"""The benchmark scripts still run and print the JSON the README quotes (not timed tests)."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+BENCHMARKS = REPO_ROOT / "benchmarks"
+
+
+def run_script(*args):
+    result = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, cwd=REPO_ROOT,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+@pytest.mark.slow
+def test_bench_train_reports_throughput_and_memory_per_model():
+    report = json.loads(run_script(BENCHMARKS / "bench_train.py", "--models", "HyperLipsHR@128",
+                                   "--steps", "1", "--batch", "1", "--threads", "1"))
+    assert report["device"].startswith("cpu")
+    row = report["models"]["HyperLipsHR@128"]
+    assert row["frames_per_s"] > 0 and row["peak_rss_mb"] > 0
+    assert row["compiled"] is False and row["amp"] == "off"
+
+
+def test_official_compare_without_a_checkout_says_so_in_one_line(tmp_path):
+    out = run_script(BENCHMARKS / "official_compare.py", "--official", tmp_path / "nowhere")
+    assert out.strip().startswith("skipped: no official HyperLips checkout")
+    assert len(out.strip().splitlines()) == 1
