@@ -3,8 +3,8 @@
 glibc's malloc hands every block over its mmap threshold (at most 32 MB) straight back to the
 kernel when it is freed, so the next feature map of that size is faulted in again page by page,
 zero-filled. A HyperLips training step allocates and frees dozens of such maps (one 128x128x64
-map of 10 frames is 42 MB): on the 2-core test machine that page-faulting took as long as the
-arithmetic of most element-wise ops (a 42 MB ReLU 19 ms -> 2.5 ms with the heap kept).
+map of 10 frames is 42 MB): on the 2-core test machine that page-faulting made element-wise ops
+on such maps several times slower than their arithmetic (tests/test_runtime.py counts the faults).
 `keep_freed_memory` makes malloc serve large blocks from its heap and keep what is freed for the
 next step: the process's peak memory stays what it was, it is just not handed back and forth.
 
