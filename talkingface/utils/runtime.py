@@ -6,7 +6,8 @@ zero-filled. A HyperLips training step allocates and frees dozens of such maps (
 map of 10 frames is 42 MB): on the 2-core test machine that page-faulting made element-wise ops
 on such maps several times slower than their arithmetic (tests/test_runtime.py counts the faults).
 `keep_freed_memory` makes malloc serve large blocks from its heap and keep what is freed for the
-next step: the process's peak memory stays what it was, it is just not handed back and forth.
+next step. The price is resident memory: nothing freed goes back to the kernel, and the heap
+fragments, so peak RSS grows (HR-256 training in benchmarks/bench_train.py: 766 -> 1109 MB).
 
 Opt out with TALKINGFACE_DEFAULT_MALLOC=1 (for example to compare with an untuned process).
 """
