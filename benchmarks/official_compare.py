@@ -17,7 +17,8 @@ both optimizers), twice:
   setting (--allocator, default tuned): the networks' and the trainer's own speed;
 - timing_as_run: each in a fresh process as its users run it: the official code with glibc's
   default malloc, ours with the setting run_talkingface.py applies (talkingface/utils/runtime.py).
-The speed ratio is official seconds / our seconds.
+The speed ratio is official seconds / our seconds. Inference rows also give each implementation's
+GFLOP per frame (torch.utils.flop_counter) and the GFLOP/s it achieved.
 
 Timing: the process CPU time of each call (time.process_time, min over --repeats) is the main
 figure, because wall time on a shared machine mostly measures the other processes; wall times are
@@ -228,11 +229,23 @@ def timing_cases(frames, generator):
     }
 
 
-def network_runners(official, recipe, case, spec, which):
-    """{"train_step": fn, "inference": fn} per implementation in `which`, and the frame counts."""
+def inference_gflop(network, inputs):
+    """GFLOP of one eval-mode forward (torch.utils.flop_counter: convolutions and matmuls)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    network.eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        network(*inputs)
+    return counter.get_total_flops() / 1e9
+
+
+def network_runners(official, recipe, spec, which):
+    """{"train_step": fn, "inference": fn} per implementation in `which`, the frame counts, and
+    the GFLOP of one inference call per implementation (ours skips some of the official work)."""
     name, rescaling, train_in, loss_fn, infer_in, train_frames = spec
     theirs = official_network(official, name, rescaling, recipe)
-    nets = {"official": theirs, "ours": ours_from(theirs, name)}
+    nets = {"official": theirs}
+    if "ours" in which:
+        nets["ours"] = ours_from(theirs, name)
     runners = {}
     for key in which:
         network = nets[key]
@@ -253,7 +266,8 @@ def network_runners(official, recipe, case, spec, which):
 
         runners[key] = {"train_step": train_step, "inference": infer}
     n_infer = infer_in[0].shape[0] * (infer_in[0].shape[2] if name == "BaseDiscriminator" else 1)
-    return runners, {"train_step": train_frames, "inference": n_infer}
+    gflop = {key: inference_gflop(nets[key], infer_in) for key in which}
+    return runners, {"train_step": train_frames, "inference": n_infer}, gflop
 
 
 # ---- the whole Base training step: the official script's step vs our trainer ------------------
@@ -362,15 +376,15 @@ def compare_base_step(official, recipe, workdir):
 
 
 def all_runners(official, recipe, which, frames, only, workdir):
-    """case -> (runners {impl: {kind: fn}}, frames {kind: n})."""
+    """case -> (runners {impl: {kind: fn}}, frames {kind: n}, {impl: GFLOP per inference call} or None)."""
     cases = {}
     for case, spec in timing_cases(frames, torch.Generator().manual_seed(11)).items():
         if not only or case in only:
-            cases[case] = network_runners(official, recipe, case, spec, which)
+            cases[case] = network_runners(official, recipe, spec, which)
     if not only or "HyperLipsBase_full_training_step" in only:
         step_runners, _ = base_step_runners(official, recipe, which, workdir)
         cases["HyperLipsBase_full_training_step"] = ({k: {"train_step": fn} for k, fn in step_runners.items()},
-                                                     {"train_step": 10})
+                                                     {"train_step": 10}, None)
     return cases
 
 
@@ -381,7 +395,7 @@ def measure(official, recipe, which, repeats, frames, only):
     with tempfile.TemporaryDirectory() as workdir:
         cases = all_runners(official, recipe, which, frames, only, workdir)
         seconds = {}
-        for case, (runners, counts) in cases.items():
+        for case, (runners, counts, gflop) in cases.items():
             results = {}
             for key in which:  # warm-up (allocator, oneDNN primitive caches, optimizer state)
                 for fn in runners[key].values():
@@ -393,6 +407,8 @@ def measure(official, recipe, which, repeats, frames, only):
             seconds[case] = {kind: {"frames": n, **{key: {clock: min(results[f"{kind}/{key}"][clock])
                                                             for clock in ("cpu", "wall")} for key in which}}
                              for kind, n in counts.items()}
+            if gflop is not None:
+                seconds[case]["inference"]["gflop"] = gflop
     return seconds
 
 
@@ -409,18 +425,22 @@ def ratios(seconds):
                 entry[f"{key}_frames_per_wall_s"] = round(n / row[key]["wall"], 3)
             entry["speed_ratio_cpu"] = round(row["official"]["cpu"] / row["ours"]["cpu"], 3)
             entry["speed_ratio_wall"] = round(row["official"]["wall"] / row["ours"]["wall"], 3)
+            if "gflop" in row:  # how close each runs to the machine's arithmetic peak
+                for key in ("official", "ours"):
+                    entry[f"{key}_gflop_per_frame"] = round(row["gflop"][key] / n, 3)
+                    entry[f"{key}_gflop_per_cpu_s"] = round(row["gflop"][key] / row[key]["cpu"], 1)
             report[case][kind] = entry
     return report
 
 
-def measure_in_child(args, which, tuned):
-    """`measure` for one implementation in a fresh process, its allocator as it runs for users."""
+def measure_in_child(args, which):
+    """`measure` for one implementation in a fresh process: the official code with glibc's default
+    malloc, ours with keep_freed_memory (the parent's mallopt does not survive the exec)."""
     command = [sys.executable, os.path.abspath(__file__), "--official", args.official, "--_child", which,
                "--repeats", str(args.repeats), "--frames", str(args.frames), "--threads", str(args.threads)]
     if args.only:
         command += ["--only", args.only]
-    env = dict(os.environ, TALKINGFACE_DEFAULT_MALLOC="" if tuned else "1")
-    output = subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(output.strip().splitlines()[-1])
 
 
@@ -468,11 +488,15 @@ def main():
             "allocator": "tuned (both)" if args.allocator == "tuned" else "glibc default (both)",
             **ratios(measure(official, recipe, ("official", "ours"), args.repeats, args.frames, only))}
         if not args.no_as_run:
-            seconds = {"official": measure_in_child(args, "official", tuned=False),
-                       "ours": measure_in_child(args, "ours", tuned=True)}
-            merged = {case: {kind: {"frames": row["frames"], "official": row["official"],
-                                    "ours": seconds["ours"][case][kind]["ours"]}
-                             for kind, row in kinds.items()} for case, kinds in seconds["official"].items()}
+            seconds = {key: measure_in_child(args, key) for key in ("official", "ours")}
+            merged = {}
+            for case, kinds in seconds["official"].items():
+                merged[case] = {}
+                for kind, row in kinds.items():
+                    ours = seconds["ours"][case][kind]
+                    merged[case][kind] = {**row, "ours": ours["ours"]}
+                    if "gflop" in row:
+                        merged[case][kind]["gflop"] = {**row["gflop"], **ours["gflop"]}
             report["timing_as_run"] = {"allocator": "official: glibc default; ours: tuned, as run_talkingface.py",
                                        **ratios(merged)}
     report["load_average_1min_at_end"] = round(os.getloadavg()[0], 2)

@@ -42,7 +42,7 @@ def test_freed_large_tensors_are_reused_without_page_faults():
     assert tuned["faults"] < pages // 10       # tuned: the heap's pages are reused
 
 
-def test_opt_out(monkeypatch):
+def test_opt_out():
     code = (f"import sys; sys.path.insert(0, {str(REPO_ROOT)!r});"
             "from talkingface.utils.runtime import keep_freed_memory; print(keep_freed_memory())")
     env = {"TALKINGFACE_DEFAULT_MALLOC": "1", "PATH": "/usr/bin:/bin"}
