@@ -7,10 +7,12 @@ HRDecoder 128/256/512) it builds the official and our network, fills the officia
 deterministic weights of tests/test_networks_equivalence.py, loads the official state dict into
 ours through `talkingface.model.load_network` (official checkpoint format, with "module."
 prefixes), and reports the max abs difference of the outputs (and, for Base, of the parameter
-gradients of an L1 loss, and of one whole training step's updates: the official script's step
-against HyperLipsBaseTrainer.train_step, with SGD lr 1 so that the update is the gradient).
+gradients of an L1 loss, and of one whole training step's gradients: the official script's step
+against HyperLipsBaseTrainer.train_step, next to the official step against itself with one more
+thread).
 
-Then it times, on the CPU, per network a training step (forward + backward + Adam step) and
+Then it times, on the CPU, per network a training step (forward + backward + Adam step, each
+side's Adam as its training code builds it) and
 no-grad inference, and the WHOLE Base training step (generator, frozen expert, discriminator,
 both optimizers), twice:
 - timing_same_process: both implementations in this process, interleaved, with the same malloc
@@ -25,7 +27,8 @@ figure, because wall time on a shared machine mostly measures the other processe
 reported too. --threads sets torch's intra-op threads (default 1, the most stable). Timed cases:
 HyperLipsBase at 128 (train B=2,T=5; inference --frames frames), SyncNet (train 8), the Base
 discriminator (2x5 frames), HRDecoder x4 (128 -> 512), the HR discriminator at 512 and
-HyperLipsBase_full_training_step (B=2, T=5).
+HyperLipsBase_full_training_step (B=2, T=5) and HyperLipsHR_full_training_step (B=2 at 256 px,
+without the two feature losses, whose weights are not shipped).
 
 Regenerate the committed test fixture (official outputs for the recipe's weights and inputs):
 
@@ -56,6 +59,8 @@ sys.path.insert(0, ROOT)
 
 from talkingface.model import load_network  # noqa: E402
 from talkingface.utils.runtime import keep_freed_memory  # noqa: E402
+from talkingface.trainer.trainer import adam  # noqa: E402
+from talkingface.utils.gradients import GradientRecorder  # noqa: E402
 
 
 def load_recipe():
@@ -249,7 +254,10 @@ def network_runners(official, recipe, spec, which):
     runners = {}
     for key in which:
         network = nets[key]
-        optimizer = torch.optim.Adam(network.parameters(), lr=1e-4, betas=(0.5, 0.999))
+        # Each side's optimizer as its training code builds it: the official scripts' Adam, our
+        # trainers' (torch's fused Adam, the same update).
+        make = adam if key == "ours" else torch.optim.Adam
+        optimizer = make(network.parameters(), lr=1e-4, betas=(0.5, 0.999))
 
         def train_step(network=network, optimizer=optimizer):
             network.train()
@@ -307,13 +315,13 @@ def official_base_step(generator, discriminator, expert, g_opt, d_opt, batch):
     d_opt.step()
 
 
-def base_step_runners(official, recipe, which, workdir, sgd=False):
+def base_step_runners(official, recipe, which, workdir, record_gradients=False):
     """One full Base training step per implementation in `which`, from identical weights.
 
     Official: its networks and the script's step with Adam (G 1e-4, D 5e-4, betas 0.5/0.999).
     Ours: HyperLipsBaseTrainer.train_step, the networks loaded from the official weights and the
-    expert from an official-format checkpoint. `sgd`: SGD with lr 1 for both, so that one step's
-    update IS the gradient (for the equality check). Returns (runners, networks per implementation).
+    expert from an official-format checkpoint. `record_gradients`: GradientRecorders instead of
+    the optimizers (for the equality check). Returns (runners, networks, optimizers per implementation).
     """
     from talkingface.config import Config
     from talkingface.trainer.hyperlipsbase_trainer import HyperLipsBaseTrainer
@@ -324,9 +332,9 @@ def base_step_runners(official, recipe, which, workdir, sgd=False):
     for parameter in expert.parameters():
         parameter.requires_grad_(False)
     batch = base_step_batch()
-    runners, networks = {}, {}
+    runners, networks, optimizers = {}, {}, {}
     if "official" in which:
-        make = (lambda params, lr: torch.optim.SGD(params, lr=1.0)) if sgd else \
+        make = (lambda params, lr: GradientRecorder(params)) if record_gradients else \
             (lambda params, lr: torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999)))
         g_opt, d_opt = make(generator.parameters(), 1e-4), make(discriminator.parameters(), 5e-4)
 
@@ -336,6 +344,7 @@ def base_step_runners(official, recipe, which, workdir, sgd=False):
 
         runners["official"] = official_step
         networks["official"] = (generator, discriminator)
+        optimizers["official"] = (g_opt, d_opt)
     if "ours" in which:
         expert_path = os.path.join(workdir, "expert_official_format.pth")
         torch.save({"state_dict": {"module." + k: v for k, v in expert.state_dict().items()}}, expert_path)
@@ -346,33 +355,130 @@ def base_step_runners(official, recipe, which, workdir, sgd=False):
         trainer = HyperLipsBaseTrainer(config)
         trainer.networks["generator"].load_state_dict(generator.state_dict())
         trainer.networks["discriminator"].load_state_dict(discriminator.state_dict())
-        if sgd:
-            trainer.optimizers = {name: torch.optim.SGD(trainer.networks[name].parameters(), lr=1.0)
+        if record_gradients:
+            trainer.optimizers = {name: GradientRecorder(trainer.networks[name].parameters())
                                   for name in ("generator", "discriminator")}
         trainer._set_mode(True)
         runners["ours"] = lambda: trainer.train_step(batch)
         networks["ours"] = (trainer.networks["generator"], trainer.networks["discriminator"])
-    return runners, networks
+        optimizers["ours"] = (trainer.optimizers["generator"], trainer.optimizers["discriminator"])
+    return runners, networks, optimizers
 
 
-def compare_base_step(official, recipe, workdir):
-    """Max difference of one SGD(lr=1) step's updates (= the gradients) of every G and D tensor
-    (parameters and BN statistics), relative to the largest update."""
-    runners, networks = base_step_runners(official, recipe, ("official", "ours"), workdir, sgd=True)
-    before = {key: [{k: v.clone() for k, v in n.state_dict().items()} for n in nets] for key, nets in networks.items()}
+def compare_step(step_runners, official, recipe, workdir):
+    """One training step of both from the same weights and batch: per network, the norm of the
+    gradient difference relative to the official gradient's norm, and the largest difference of
+    the BatchNorm running statistics the step's forward left behind. Next to it, the official
+    step against itself run with one more thread (another float summation order): at random
+    init, BatchNorm in training mode makes these gradients sensitive to that order."""
+    runners, networks, optimizers = step_runners(official, recipe, ("official", "ours"), workdir,
+                                                 record_gradients=True)
     for run in runners.values():
         run()
-    worst, largest = 0.0, 0.0
-    for index in range(2):
-        theirs, ours = networks["official"][index].state_dict(), networks["ours"][index].state_dict()
-        for key in theirs:
-            if not theirs[key].is_floating_point():
-                continue
-            update_theirs = theirs[key] - before["official"][index][key]
-            update_ours = ours[key] - before["ours"][index][key]
-            worst = max(worst, float((update_theirs - update_ours).abs().max()))
-            largest = max(largest, float(update_theirs.abs().max()))
-    return worst / largest
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)
+    try:
+        again, _, again_optimizers = step_runners(official, recipe, ("official",), workdir,
+                                                  record_gradients=True)
+        again["official"]()
+    finally:
+        torch.set_num_threads(threads)
+    report = {}
+    for index, name in enumerate(("generator", "discriminator")):
+        def named_flat(network, optimizer):
+            gradients = dict(zip([n for n, _ in network.named_parameters()], optimizer.gradients))
+            return torch.cat([gradients[n].flatten() for n in sorted(gradients)])
+        theirs = named_flat(networks["official"][index], optimizers["official"][index])
+        ours = named_flat(networks["ours"][index], optimizers["ours"][index])
+        theirs_again = named_flat(networks["official"][index], again_optimizers["official"][index])
+        report[f"{name}_gradients_relative"] = float((ours - theirs).norm() / theirs.norm())
+        report[f"{name}_official_vs_itself_relative"] = float((theirs_again - theirs).norm() / theirs.norm())
+        theirs_state, ours_state = networks["official"][index].state_dict(), networks["ours"][index].state_dict()
+        parameters = dict(networks["official"][index].named_parameters())
+        buffers = [k for k in theirs_state if k not in parameters and theirs_state[k].is_floating_point()]
+        report[f"{name}_running_statistics_max_abs_diff"] = max(
+            [float((theirs_state[k] - ours_state[k]).abs().max()) for k in buffers], default=0.0)
+    return report
+
+
+# ---- the whole HR training step: the official script's step vs our trainer ---------------------
+HR_STEP_SIZE = 256
+
+
+def hr_step_batch(batch_size=2, size=HR_STEP_SIZE):
+    from talkingface.trainer.hyperlipshr_trainer import box_masks
+    g = torch.Generator().manual_seed(17)
+    boxes = torch.tensor([[size // 4, size // 2, 3 * size // 4, 7 * size // 8]] * batch_size)
+    return {"input": torch.rand(batch_size, 6, 128, 128, generator=g),
+            "gt": torch.rand(batch_size, 3, size, size, generator=g),
+            "mask": box_masks(boxes, size, torch.float32), "lip_box": boxes}
+
+
+def official_hr_step(generator, discriminator, g_opt, d_opt, batch):
+    """Train_hyperlipsHR.py's step without its two feature losses (VGG perceptual, lip LPIPS:
+    they need downloaded ImageNet weights, and our trainer switches them off without them):
+    relativistic GAN + L1 + per-sample lip-box L1, then the discriminator step."""
+    bce_logits, l1 = nn.BCEWithLogitsLoss(), nn.L1Loss()
+    gt = batch["gt"]
+    real_labels, fake_labels = torch.ones(len(gt), 1), torch.zeros(len(gt), 1)
+    g_opt.zero_grad()
+    g = generator(batch["input"])
+    lip = 0
+    for i, (x1, y1, x2, y2) in enumerate(batch["lip_box"].tolist()):
+        lip = lip + l1(g[i, :, y1:y2, x1:x2], gt[i, :, y1:y2, x1:x2])
+    lip = lip / len(gt)
+    score_real, score_fake = discriminator(gt), discriminator(g)
+    adversarial = (bce_logits(score_fake - score_real.mean(), real_labels)
+                   + bce_logits(score_real - score_fake.mean(), fake_labels)) / 2
+    (adversarial + l1(g, gt) + lip).backward()
+    g_opt.step()
+    d_opt.zero_grad()
+    score_real, score_fake = discriminator(gt), discriminator(g.detach())
+    ((bce_logits(score_real - score_fake.mean(), real_labels)
+      + bce_logits(score_fake - score_real.mean(), fake_labels)) / 2).backward()
+    d_opt.step()
+
+
+def hr_step_runners(official, recipe, which, workdir, record_gradients=False):
+    """One full HR training step per implementation in `which`, from identical weights; ours is
+    HyperLipsHRTrainer.train_step with the same loss terms (the feature losses off on both)."""
+    from talkingface.config import Config
+    from talkingface.trainer.hyperlipshr_trainer import HyperLipsHRTrainer
+
+    rescaling = HR_STEP_SIZE // 128
+    generator = official_network(official, "HRDecoder", rescaling, recipe)
+    discriminator = official_network(official, "HRDiscriminator", 1, recipe)
+    batch = hr_step_batch()
+    runners, networks, optimizers = {}, {}, {}
+    if "official" in which:
+        make = (lambda params, lr: GradientRecorder(params)) if record_gradients else \
+            (lambda params, lr: torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999)))
+        g_opt, d_opt = make(generator.parameters(), 1e-4), make(discriminator.parameters(), 5e-4)
+
+        def official_step():
+            generator.train(), discriminator.train()
+            official_hr_step(generator, discriminator, g_opt, d_opt, batch)
+
+        runners["official"] = official_step
+        networks["official"] = (generator, discriminator)
+        optimizers["official"] = (g_opt, d_opt)
+    if "ours" in which:
+        missing = os.path.join(workdir, "absent.pth")
+        config = Config(model="HyperLipsHR", dataset="demo", config_dict=dict(
+            checkpoint_root=os.path.join(workdir, "checkpoints"), results_root=os.path.join(workdir, "results"),
+            device="cpu", batch_size=2, img_size=HR_STEP_SIZE, gan_weight=1.0, l1_weight=1.0, lip_l1_weight=1.0,
+            vgg19_path=missing, lpips_path=missing, lpips_vgg16_path=missing))
+        trainer = HyperLipsHRTrainer(config)
+        trainer.networks["generator"].load_state_dict(generator.state_dict())
+        trainer.networks["discriminator"].load_state_dict(discriminator.state_dict())
+        if record_gradients:
+            trainer.optimizers = {name: GradientRecorder(trainer.networks[name].parameters())
+                                  for name in ("generator", "discriminator")}
+        trainer._set_mode(True)
+        runners["ours"] = lambda: trainer.train_step(batch)
+        networks["ours"] = (trainer.networks["generator"], trainer.networks["discriminator"])
+        optimizers["ours"] = (trainer.optimizers["generator"], trainer.optimizers["discriminator"])
+    return runners, networks, optimizers
 
 
 def all_runners(official, recipe, which, frames, only, workdir):
@@ -382,9 +488,13 @@ def all_runners(official, recipe, which, frames, only, workdir):
         if not only or case in only:
             cases[case] = network_runners(official, recipe, spec, which)
     if not only or "HyperLipsBase_full_training_step" in only:
-        step_runners, _ = base_step_runners(official, recipe, which, workdir)
+        step_runners = base_step_runners(official, recipe, which, workdir)[0]
         cases["HyperLipsBase_full_training_step"] = ({k: {"train_step": fn} for k, fn in step_runners.items()},
                                                      {"train_step": 10}, None)
+    if not only or "HyperLipsHR_full_training_step" in only:
+        step_runners = hr_step_runners(official, recipe, which, workdir)[0]
+        cases["HyperLipsHR_full_training_step"] = ({k: {"train_step": fn} for k, fn in step_runners.items()},
+                                                   {"train_step": 2}, None)
     return cases
 
 
@@ -481,7 +591,8 @@ def main():
         report["fixture"] = write_fixture(official, recipe, args.write_fixture)
     report["max_abs_diff"], report["gradient_diff"] = compare_outputs(official, recipe)
     with tempfile.TemporaryDirectory() as workdir:
-        report["gradient_diff"]["base_full_training_step_updates_relative"] = compare_base_step(official, recipe, workdir)
+        report["gradient_diff"]["base_full_training_step"] = compare_step(base_step_runners, official, recipe, workdir)
+        report["gradient_diff"]["hr_full_training_step"] = compare_step(hr_step_runners, official, recipe, workdir)
     report["max_abs_diff_ok"] = max(report["max_abs_diff"].values()) <= 1e-4
     if not args.skip_timing:
         report["timing_same_process"] = {

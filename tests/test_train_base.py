@@ -1,4 +1,5 @@
 """HyperLipsBaseTrainer on one tiny synthetic batch of the real shapes (B=1, T=5, 128 px)."""
+import copy
 import os
 
 import numpy as np
@@ -10,6 +11,7 @@ from talkingface.model.audio_driven_talkingface.syncnet import SyncNet
 from talkingface.trainer.hyperlipsbase_trainer import HyperLipsBaseTrainer, masked_input, reference_index
 from talkingface.utils.checkpoint import checkpoint_path, latest_checkpoint, save_checkpoint_file
 from talkingface.utils.errors import CheckpointError
+from talkingface.utils.gradients import GradientRecorder
 
 
 def make_config(workdir, **overrides):
@@ -100,46 +102,93 @@ def test_checkpoint_resume_continues_with_identical_optimizer_state(workdir):
             assert torch.equal(a, b)
 
 
-def test_train_step_gives_the_official_step_order_gradients(workdir):
-    """train_step shares one discriminator pass between the two players and restricts each
-    backward to its own parameters; the updates must equal the official order: G step with
-    D(g), then D(gt) and D(g.detach()) for the D step. SGD with lr 1 makes each update the
-    gradient itself, so this compares the gradients of every parameter of both networks."""
-    import copy
-
+@pytest.mark.parametrize("weights, gan_path", [
+    ((0.03, 0.2, 0.77), "from_d_backward"),   # the official loss weights
+    ((0.0, 1.0, 0.0), "from_d_backward"),     # GAN term alone: any error in its gradient shows
+    ((0.0, 1.0, 0.0), "through_d"),           # the fallback when D is all but sure of a fake
+])
+def test_train_step_gives_the_official_step_order_gradients(workdir, weights, gan_path):
+    """train_step shares one discriminator pass between the two players, takes the generator's
+    GAN gradient from D's backward, and restricts each backward to its own parameters; the
+    gradients of every parameter of both networks must equal the official order's: G step with
+    D(g), then D(gt) and D(g.detach()) for the D step."""
+    from talkingface.trainer.syncnet_trainer import bce
+    sync_weight, gan_weight, l1_weight = weights
     save_random_expert(workdir)
     torch.manual_seed(0)
-    trainer = HyperLipsBaseTrainer(make_config(workdir, gan_weight=0.2, sync_weight=0.03, l1_weight=0.77))
+    trainer = HyperLipsBaseTrainer(make_config(workdir, gan_weight=gan_weight, sync_weight=sync_weight,
+                                               l1_weight=l1_weight))
+    if gan_path == "through_d":
+        trainer.MAX_SEED_RATIO = 0.0   # every seed ratio counts as unsafe
+    factors = []
+    original_ratio = trainer.gan_seed_ratio
+    trainer.gan_seed_ratio = lambda *args: factors.append(original_ratio(*args)) or factors[-1]
     generator, discriminator = trainer.networks["generator"], trainer.networks["discriminator"]
     ref_generator, ref_discriminator = copy.deepcopy(generator), copy.deepcopy(discriminator)
-    initial_generator, initial_discriminator = copy.deepcopy(generator), copy.deepcopy(discriminator)
-    trainer.optimizers = {"generator": torch.optim.SGD(generator.parameters(), lr=1.0),
-                          "discriminator": torch.optim.SGD(discriminator.parameters(), lr=1.0)}
+    trainer.optimizers = {"generator": GradientRecorder(generator.parameters()),
+                          "discriminator": GradientRecorder(discriminator.parameters())}
     batch = fixed_batch()
     trainer._set_mode(True)
     trainer.train_step(batch)
+    assert len(factors) == 1 and (factors[0] is None) == (gan_path == "through_d")
 
-    from talkingface.trainer.syncnet_trainer import bce
     ref_generator.train(), ref_discriminator.train()
-    g_opt = torch.optim.SGD(ref_generator.parameters(), lr=1.0)
-    d_opt = torch.optim.SGD(ref_discriminator.parameters(), lr=1.0)
     g = ref_generator(batch["indiv_mels"], batch["face"])
-    loss = (0.03 * trainer.sync_loss(batch["mel"], g) + 0.2 * bce(ref_discriminator(g), 1.0)
-            + 0.77 * torch.nn.functional.l1_loss(g, batch["gt"]))
-    g_opt.zero_grad(), d_opt.zero_grad()
-    loss.backward()
-    g_opt.step()
-    d_opt.zero_grad()
-    bce(ref_discriminator(batch["gt"]), 1.0).backward()
-    bce(ref_discriminator(g.detach()), 0.0).backward()
-    d_opt.step()
+    loss = gan_weight * bce(ref_discriminator(g), 1.0) + l1_weight * torch.nn.functional.l1_loss(g, batch["gt"])
+    if sync_weight:
+        loss = loss + sync_weight * trainer.sync_loss(batch["mel"], g)
+    ref_g_gradients = torch.autograd.grad(loss, list(ref_generator.parameters()), allow_unused=True)
+    ref_d_loss = bce(ref_discriminator(batch["gt"]), 1.0) + bce(ref_discriminator(g.detach()), 0.0)
+    ref_d_gradients = torch.autograd.grad(ref_d_loss, list(ref_discriminator.parameters()))
 
-    for ours, reference in ((generator, ref_generator), (discriminator, ref_discriminator)):
-        ours_state, ref_state = ours.state_dict(), reference.state_dict()
-        for key in ref_state:   # parameters and BatchNorm running statistics
-            torch.testing.assert_close(ours_state[key], ref_state[key], rtol=1e-4, atol=1e-6, msg=key)
-    for ours, before in ((generator, initial_generator), (discriminator, initial_discriminator)):
-        assert any(not torch.equal(p, q) for p, q in zip(ours.parameters(), before.parameters()))
+    for name, ref_gradients in (("generator", ref_g_gradients), ("discriminator", ref_d_gradients)):
+        ours = trainer.optimizers[name].flat()
+        reference = torch.cat([(gradient if gradient is not None else torch.zeros_like(p)).flatten()
+                               for gradient, p in zip(ref_gradients, trainer.networks[name].parameters())])
+        assert reference.abs().max() > 0
+        error = float((ours - reference).norm() / reference.norm())
+        assert error < 2e-5, f"{name} gradients differ by {error:.2e} (relative norm)"
+    ours_state, ref_state = generator.state_dict(), ref_generator.state_dict()
+    for key, parameter in ref_state.items():    # BatchNorm running statistics of the one G forward
+        torch.testing.assert_close(ours_state[key], parameter, rtol=1e-5, atol=1e-7, msg=key)
+
+
+@pytest.mark.parametrize("amp_dtype", ["bfloat16", pytest.param("float16", marks=pytest.mark.slow)])  # fp16: ~95 s on CPU
+def test_train_step_under_mixed_precision(workdir, amp_dtype):
+    """bf16 takes the GAN gradient from D's backward, fp16 (loss scaling) the second pass through
+    D; both must give the gradients of the official order run under the same autocast (bf16
+    rounding alone moves them by a few percent, so the bound is loose but catches a wrong factor
+    or a missing unscale)."""
+    from talkingface.trainer.syncnet_trainer import bce
+    torch.manual_seed(0)
+    trainer = HyperLipsBaseTrainer(make_config(workdir, gan_weight=1.0, sync_weight=0, l1_weight=0,
+                                               amp=True, amp_dtype=amp_dtype))
+    factors = []
+    original_ratio = trainer.gan_seed_ratio
+    trainer.gan_seed_ratio = lambda *args: factors.append(original_ratio(*args)) or factors[-1]
+    generator, discriminator = trainer.networks["generator"], trainer.networks["discriminator"]
+    reference = {"generator": copy.deepcopy(generator), "discriminator": copy.deepcopy(discriminator)}
+    trainer.optimizers = {name: GradientRecorder(network.parameters()) for name, network in trainer.networks.items()}
+    batch = fixed_batch()
+    trainer._set_mode(True)
+    trainer.train_step(batch)
+    assert (factors[0] is None) == (amp_dtype == "float16")
+
+    for network in reference.values():
+        network.train()
+    scale = 2.0 ** 16 if amp_dtype == "float16" else 1.0   # fp16 gradients underflow unscaled
+    with torch.autocast("cpu", dtype=getattr(torch, amp_dtype)):
+        g = reference["generator"](batch["indiv_mels"], batch["face"])
+        g_loss = bce(reference["discriminator"](g), 1.0)
+        d_loss = bce(reference["discriminator"](batch["gt"]), 1.0) + bce(reference["discriminator"](g.detach()), 0.0)
+    expected = {"generator": torch.autograd.grad(g_loss * scale, list(reference["generator"].parameters())),
+                "discriminator": torch.autograd.grad(d_loss * scale, list(reference["discriminator"].parameters()))}
+    for name, gradients in expected.items():
+        wanted = torch.cat([gradient.float().flatten() for gradient in gradients]) / scale
+        ours = trainer.optimizers[name].flat()
+        assert torch.isfinite(ours).all() and wanted.norm() > 0
+        error = float((ours - wanted).norm() / wanted.norm())
+        assert error < 0.1, f"{name} gradients differ by {error:.2e} under {amp_dtype}"
 
 
 class FakeClip:

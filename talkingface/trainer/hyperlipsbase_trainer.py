@@ -5,8 +5,8 @@ Generator loss `sync_weight*sync + gan_weight*GAN + l1_weight*L1` (0.03/0.2/0.77
 - GAN: the BaseDiscriminator (it looks at lower halves only), non-saturating BCE against "real";
 - L1 against the ground-truth frames.
 Discriminator step: BCE(D(gt), 1) + BCE(D(g.detach()), 0). One D forward over [gt, g] serves
-both steps (see train_step); under DistributedDataParallel each network still sees one forward
-and one backward that reaches its parameters per step.
+both steps, and D's backward also gives the generator its GAN gradient (AdversarialTrainer);
+under DistributedDataParallel each network still sees one forward and one backward per step.
 """
 import logging
 
@@ -14,8 +14,9 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from talkingface.trainer.adversarial import AdversarialTrainer
 from talkingface.trainer.syncnet_trainer import bce, expert_face_input, sync_probability
-from talkingface.trainer.trainer import Trainer
+from talkingface.trainer.trainer import adam
 from talkingface.utils.audio import frame_mel_chunks
 from talkingface.utils.checkpoint import stage_checkpoint
 from talkingface.utils.errors import CheckpointError
@@ -39,7 +40,7 @@ def masked_input(target, reference):
 
 
 @TRAINERS.register("HyperLipsBase")
-class HyperLipsBaseTrainer(Trainer):
+class HyperLipsBaseTrainer(AdversarialTrainer):
     """networks {"generator", "discriminator"}; a frozen SyncNet expert as `self.expert`.
 
     Batches: "face" (B,6,T,H,W) = [target with lower half zeroed, reference], "indiv_mels"
@@ -54,8 +55,8 @@ class HyperLipsBaseTrainer(Trainer):
         self.networks = {"generator": generator, "discriminator": discriminator}
         betas = tuple(config["adam_betas"])
         self.optimizers = {
-            "generator": torch.optim.Adam(generator.parameters(), lr=config["learning_rate"], betas=betas),
-            "discriminator": torch.optim.Adam(discriminator.parameters(), lr=config["disc_learning_rate"], betas=betas),
+            "generator": adam(generator.parameters(), lr=config["learning_rate"], betas=betas),
+            "discriminator": adam(discriminator.parameters(), lr=config["disc_learning_rate"], betas=betas),
         }
         self.sync_weight = float(config["sync_weight"])
         self.gan_weight = float(config["gan_weight"])
@@ -127,27 +128,27 @@ class HyperLipsBaseTrainer(Trainer):
 
     # ------------------------------------------------------------------ steps
     def train_step(self, batch):
-        """Generator step, then discriminator step, with the official losses and order.
-
-        The discriminator is not updated between the two steps, so D(generated) is the same for
-        both; one D forward over [gt, generated] serves the generator's GAN loss and D's own
-        loss (the official code runs D three times: on g, on gt and on g.detach()). Each backward
-        is restricted to its own player's parameters: the generator's loss computes no
-        discriminator weight gradients, and D's loss flows nowhere into the generator.
-        """
+        """Generator step, then discriminator step, with the official losses and order; one D
+        pass serves both, and D's backward gives the generator its GAN gradient (AdversarialTrainer;
+        the official code runs D three times: on g, on gt and on g.detach())."""
         gan = self.gan_weight > 0
         with self.autocast():
             generated, losses = self._generator_losses(batch, gan=False)
             if gan:
-                real, fake = self._discriminate(batch["gt"], generated)
-                losses["gan"] = bce(fake, 1.0)
-                losses["total"] = losses["total"] + self.gan_weight * losses["gan"]
-                real_loss, fake_loss = bce(real, 1.0), bce(fake, 0.0)
-        self.optimize("generator", losses["total"], only_own_parameters=gan, retain_graph=gan)
+                frames = generated.detach().requires_grad_()
+                real, fake = self._discriminate(batch["gt"], frames)
+                real_loss, fake_loss, gan_loss = bce(real, 1.0), bce(fake, 0.0), bce(fake, 1.0)
+        if not gan:
+            self.optimize("generator", losses["total"])
+            return {k: v.item() for k, v in losses.items()}
+        generator_loss = losses["total"]
+        losses["gan"] = gan_loss
+        losses["total"] = generator_loss + self.gan_weight * gan_loss
+        gan_gradient = self.adversarial_backward(frames, fake, self.gan_weight * gan_loss, real_loss + fake_loss,
+                                                 per_frame=lambda ratio: ratio.t()[:, None, :, None, None])
+        self.optimize("generator", generator_loss, injected=(generated, gan_gradient))
         logged = {k: v.item() for k, v in losses.items()}
-        if gan:
-            self.optimize("discriminator", real_loss + fake_loss, only_own_parameters=True)
-            logged.update(disc_real=real_loss.item(), disc_fake=fake_loss.item())
+        logged.update(disc_real=real_loss.item(), disc_fake=fake_loss.item())
         return logged
 
     def validation_step(self, batch):

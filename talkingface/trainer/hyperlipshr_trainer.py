@@ -17,7 +17,8 @@ from torch.nn import functional as F
 
 from talkingface.data.dataprocess.hyperlipshr_process import hr_clip_dir
 from talkingface.data.dataset.hyperlipshr_dataset import HRClip
-from talkingface.trainer.trainer import Trainer
+from talkingface.trainer.adversarial import AdversarialTrainer
+from talkingface.trainer.trainer import adam
 from talkingface.utils.checkpoint import load_checkpoint_file
 from talkingface.utils.errors import CheckpointError, TalkingFaceError
 from talkingface.utils.registry import MODELS, TRAINERS
@@ -175,23 +176,8 @@ def relativistic_loss(score_real, score_fake, real_is_real):
             + F.binary_cross_entropy_with_logits(fake_vs_real, ones)) / 2
 
 
-class requires_grad_off:
-    """Context: a network's parameters need no gradient (the discriminator in the generator step)."""
-
-    def __init__(self, network):
-        self.params = [p for p in network.parameters() if p.requires_grad]
-
-    def __enter__(self):
-        for p in self.params:
-            p.requires_grad_(False)
-
-    def __exit__(self, *exc):
-        for p in self.params:
-            p.requires_grad_(True)
-
-
 @TRAINERS.register("HyperLipsHR")
-class HyperLipsHRTrainer(Trainer):
+class HyperLipsHRTrainer(AdversarialTrainer):
     def build(self):
         config = self.config
         from talkingface.model.audio_driven_talkingface.hyperlipshr import HRDiscriminator
@@ -200,9 +186,8 @@ class HyperLipsHRTrainer(Trainer):
         betas = tuple(config["adam_betas"])
         self.networks = {"generator": generator, "discriminator": discriminator}
         self.optimizers = {
-            "generator": torch.optim.Adam(generator.parameters(), lr=config["learning_rate"], betas=betas),
-            "discriminator": torch.optim.Adam(discriminator.parameters(), lr=config["disc_learning_rate"],
-                                              betas=betas),
+            "generator": adam(generator.parameters(), lr=config["learning_rate"], betas=betas),
+            "discriminator": adam(discriminator.parameters(), lr=config["disc_learning_rate"], betas=betas),
         }
         self.weights = {"gan": config["gan_weight"], "l1": config["l1_weight"],
                         "lip_l1": config["lip_l1_weight"], "perceptual": config["perceptual_weight"],
@@ -226,11 +211,10 @@ class HyperLipsHRTrainer(Trainer):
         return make().to(self.device)
 
     # ------------------------------------------------------------------ losses
-    def generator_losses(self, batch, generated, score_real=None, score_fake=None):
+    def generator_losses(self, batch, generated):
+        """The generator's losses but the GAN term (train_step adds it from the shared D pass)."""
         gt, boxes = batch["gt"], batch["lip_box"]
         losses = {"l1": F.l1_loss(generated, gt), "lip_l1": lip_l1(generated, gt, boxes)}
-        if score_fake is not None:
-            losses["gan"] = relativistic_loss(score_real, score_fake, real_is_real=False)
         if self.vgg is not None:
             losses["perceptual"] = self.vgg(generated, gt)
         if self.lpips is not None:
@@ -245,26 +229,23 @@ class HyperLipsHRTrainer(Trainer):
 
     # ------------------------------------------------------------------ steps
     def train_step(self, batch):
-        generator, discriminator = self.networks["generator"], self.networks["discriminator"]
-        raw_disc = self.raw(discriminator)
+        """Generator step, then discriminator step, in the official order and losses; one D pass
+        over [gt, generated] serves both, and D's backward gives the generator its GAN gradient
+        (AdversarialTrainer; the official code runs D on gt twice and on the generated frames
+        twice)."""
         with self.autocast():
-            generated = generator(batch["input"])
-            # The generator step reads the discriminator without training it: its real scores are
-            # constants (no graph at all), its fake scores pass gradients to the generator only.
-            with torch.no_grad():
-                score_real = raw_disc(batch["gt"])
-            with requires_grad_off(raw_disc):
-                score_fake = raw_disc(generated)
-            losses = self.generator_losses(batch, generated, score_real, score_fake)
-            loss = self.weighted_total(losses)
-        self.optimize("generator", loss)
-
-        with self.autocast():
-            # One forward over real and fake together: one backward, as DDP wants.
-            scores = discriminator(torch.cat([batch["gt"], generated.detach()]))
-            score_real, score_fake = scores.chunk(2)
+            generated = self.networks["generator"](batch["input"])
+            losses = self.generator_losses(batch, generated)
+            frames = generated.detach().requires_grad_()
+            score_real, score_fake = self.networks["discriminator"](torch.cat([batch["gt"], frames])).chunk(2)
+            # The generator's loss reads the real scores as constants, as the official no_grad pass does.
+            losses["gan"] = relativistic_loss(score_real.detach(), score_fake, real_is_real=False)
             disc_loss = relativistic_loss(score_real, score_fake, real_is_real=True)
-        self.optimize("discriminator", disc_loss)
+        loss = self.weighted_total(losses)
+        gan_gradient = self.adversarial_backward(frames, score_fake, self.weights["gan"] * losses["gan"], disc_loss,
+                                                 per_frame=lambda ratio: ratio.view(-1, 1, 1, 1))
+        others = self.weighted_total({name: value for name, value in losses.items() if name != "gan"})
+        self.optimize("generator", others, injected=(generated, gan_gradient))
         values = {name: float(value.detach()) for name, value in losses.items()}
         values.update(loss=float(loss.detach()), disc=float(disc_loss.detach()))
         return values

@@ -10,7 +10,7 @@ import os
 import torch
 from torch.nn import functional as F
 
-from talkingface.trainer.trainer import Trainer
+from talkingface.trainer.trainer import Trainer, adam
 from talkingface.utils import distributed as dist_utils
 from talkingface.utils.files import write_json_atomic
 from talkingface.utils.registry import DATASETS, MODELS, TRAINERS
@@ -54,8 +54,7 @@ class SyncNetTrainer(Trainer):
     def build(self):
         network = MODELS.get("SyncNet").from_config(self.config)
         self.networks = {"syncnet": network}
-        self.optimizers = {"syncnet": torch.optim.Adam([p for p in network.parameters() if p.requires_grad],
-                                                       lr=self.config["learning_rate"])}
+        self.optimizers = {"syncnet": adam(network.parameters(), lr=self.config["learning_rate"])}
 
     def _loss_and_probability(self, batch):
         face = batch["face"]
