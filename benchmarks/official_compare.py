@@ -315,44 +315,29 @@ def official_base_step(generator, discriminator, expert, g_opt, d_opt, batch):
     d_opt.step()
 
 
-def base_step_runners(official, recipe, which, workdir, record_gradients=False):
-    """One full Base training step per implementation in `which`, from identical weights.
+def step_runners(which, record_gradients, generator, discriminator, official_step, make_trainer, batch):
+    """One full training step per implementation in `which`, from the same official weights.
 
-    Official: its networks and the script's step with Adam (G 1e-4, D 5e-4, betas 0.5/0.999).
-    Ours: HyperLipsBaseTrainer.train_step, the networks loaded from the official weights and the
-    expert from an official-format checkpoint. `record_gradients`: GradientRecorders instead of
-    the optimizers (for the equality check). Returns (runners, networks, optimizers per implementation).
+    Official: `official_step(generator, discriminator, g_opt, d_opt, batch)` with the scripts'
+    Adam (G 1e-4, D 5e-4, betas 0.5/0.999). Ours: `make_trainer()`'s train_step, its networks
+    loaded from the official weights. `record_gradients`: GradientRecorders instead of the
+    optimizers (for the equality check). Returns (runners, networks, optimizers per implementation).
     """
-    from talkingface.config import Config
-    from talkingface.trainer.hyperlipsbase_trainer import HyperLipsBaseTrainer
-
-    generator = official_network(official, "HyperLipsBase", 1, recipe)
-    discriminator = official_network(official, "BaseDiscriminator", 1, recipe)
-    expert = official_network(official, "SyncNet", 1, recipe).eval()
-    for parameter in expert.parameters():
-        parameter.requires_grad_(False)
-    batch = base_step_batch()
     runners, networks, optimizers = {}, {}, {}
     if "official" in which:
         make = (lambda params, lr: GradientRecorder(params)) if record_gradients else \
             (lambda params, lr: torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999)))
         g_opt, d_opt = make(generator.parameters(), 1e-4), make(discriminator.parameters(), 5e-4)
 
-        def official_step():
+        def run_official():
             generator.train(), discriminator.train()
-            official_base_step(generator, discriminator, expert, g_opt, d_opt, batch)
+            official_step(generator, discriminator, g_opt, d_opt, batch)
 
-        runners["official"] = official_step
+        runners["official"] = run_official
         networks["official"] = (generator, discriminator)
         optimizers["official"] = (g_opt, d_opt)
     if "ours" in which:
-        expert_path = os.path.join(workdir, "expert_official_format.pth")
-        torch.save({"state_dict": {"module." + k: v for k, v in expert.state_dict().items()}}, expert_path)
-        config = Config(model="HyperLipsBase", dataset="demo", config_dict=dict(
-            checkpoint_root=os.path.join(workdir, "checkpoints"), results_root=os.path.join(workdir, "results"),
-            device="cpu", batch_size=2, sync_expert_path=expert_path, syncnet_hflip=False,
-            sync_weight=0.03, gan_weight=0.2, l1_weight=0.77))
-        trainer = HyperLipsBaseTrainer(config)
+        trainer = make_trainer()
         trainer.networks["generator"].load_state_dict(generator.state_dict())
         trainer.networks["discriminator"].load_state_dict(discriminator.state_dict())
         if record_gradients:
@@ -363,6 +348,33 @@ def base_step_runners(official, recipe, which, workdir, record_gradients=False):
         networks["ours"] = (trainer.networks["generator"], trainer.networks["discriminator"])
         optimizers["ours"] = (trainer.optimizers["generator"], trainer.optimizers["discriminator"])
     return runners, networks, optimizers
+
+
+def base_step_runners(official, recipe, which, workdir, record_gradients=False):
+    """step_runners for the Base step: the official script's step vs HyperLipsBaseTrainer, whose
+    expert is loaded from an official-format checkpoint."""
+    from talkingface.config import Config
+    from talkingface.trainer.hyperlipsbase_trainer import HyperLipsBaseTrainer
+
+    generator = official_network(official, "HyperLipsBase", 1, recipe)
+    discriminator = official_network(official, "BaseDiscriminator", 1, recipe)
+    expert = official_network(official, "SyncNet", 1, recipe).eval()
+    for parameter in expert.parameters():
+        parameter.requires_grad_(False)
+
+    def make_trainer():
+        expert_path = os.path.join(workdir, "expert_official_format.pth")
+        torch.save({"state_dict": {"module." + k: v for k, v in expert.state_dict().items()}}, expert_path)
+        return HyperLipsBaseTrainer(Config(model="HyperLipsBase", dataset="demo", config_dict=dict(
+            checkpoint_root=os.path.join(workdir, "checkpoints"), results_root=os.path.join(workdir, "results"),
+            device="cpu", batch_size=2, sync_expert_path=expert_path, syncnet_hflip=False,
+            sync_weight=0.03, gan_weight=0.2, l1_weight=0.77)))
+
+    def official_step(g, d, g_opt, d_opt, batch):
+        official_base_step(g, d, expert, g_opt, d_opt, batch)
+
+    return step_runners(which, record_gradients, generator, discriminator, official_step, make_trainer,
+                        base_step_batch())
 
 
 def compare_step(step_runners, official, recipe, workdir):
@@ -440,45 +452,22 @@ def official_hr_step(generator, discriminator, g_opt, d_opt, batch):
 
 
 def hr_step_runners(official, recipe, which, workdir, record_gradients=False):
-    """One full HR training step per implementation in `which`, from identical weights; ours is
-    HyperLipsHRTrainer.train_step with the same loss terms (the feature losses off on both)."""
+    """step_runners for the HR step: the official script's step vs HyperLipsHRTrainer, with the
+    same loss terms (the feature losses off on both)."""
     from talkingface.config import Config
     from talkingface.trainer.hyperlipshr_trainer import HyperLipsHRTrainer
 
-    rescaling = HR_STEP_SIZE // 128
-    generator = official_network(official, "HRDecoder", rescaling, recipe)
-    discriminator = official_network(official, "HRDiscriminator", 1, recipe)
-    batch = hr_step_batch()
-    runners, networks, optimizers = {}, {}, {}
-    if "official" in which:
-        make = (lambda params, lr: GradientRecorder(params)) if record_gradients else \
-            (lambda params, lr: torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999)))
-        g_opt, d_opt = make(generator.parameters(), 1e-4), make(discriminator.parameters(), 5e-4)
-
-        def official_step():
-            generator.train(), discriminator.train()
-            official_hr_step(generator, discriminator, g_opt, d_opt, batch)
-
-        runners["official"] = official_step
-        networks["official"] = (generator, discriminator)
-        optimizers["official"] = (g_opt, d_opt)
-    if "ours" in which:
+    def make_trainer():
         missing = os.path.join(workdir, "absent.pth")
-        config = Config(model="HyperLipsHR", dataset="demo", config_dict=dict(
+        return HyperLipsHRTrainer(Config(model="HyperLipsHR", dataset="demo", config_dict=dict(
             checkpoint_root=os.path.join(workdir, "checkpoints"), results_root=os.path.join(workdir, "results"),
             device="cpu", batch_size=2, img_size=HR_STEP_SIZE, gan_weight=1.0, l1_weight=1.0, lip_l1_weight=1.0,
-            vgg19_path=missing, lpips_path=missing, lpips_vgg16_path=missing))
-        trainer = HyperLipsHRTrainer(config)
-        trainer.networks["generator"].load_state_dict(generator.state_dict())
-        trainer.networks["discriminator"].load_state_dict(discriminator.state_dict())
-        if record_gradients:
-            trainer.optimizers = {name: GradientRecorder(trainer.networks[name].parameters())
-                                  for name in ("generator", "discriminator")}
-        trainer._set_mode(True)
-        runners["ours"] = lambda: trainer.train_step(batch)
-        networks["ours"] = (trainer.networks["generator"], trainer.networks["discriminator"])
-        optimizers["ours"] = (trainer.optimizers["generator"], trainer.optimizers["discriminator"])
-    return runners, networks, optimizers
+            vgg19_path=missing, lpips_path=missing, lpips_vgg16_path=missing)))
+
+    generator = official_network(official, "HRDecoder", HR_STEP_SIZE // 128, recipe)
+    discriminator = official_network(official, "HRDiscriminator", 1, recipe)
+    return step_runners(which, record_gradients, generator, discriminator, official_hr_step, make_trainer,
+                        hr_step_batch())
 
 
 def all_runners(official, recipe, which, frames, only, workdir):
