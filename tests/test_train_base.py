@@ -153,7 +153,8 @@ def test_train_step_gives_the_official_step_order_gradients(workdir, weights, ga
         torch.testing.assert_close(ours_state[key], parameter, rtol=1e-5, atol=1e-7, msg=key)
 
 
-@pytest.mark.parametrize("amp_dtype", ["bfloat16", pytest.param("float16", marks=pytest.mark.slow)])  # fp16: ~95 s on CPU
+# fp16 convolutions are slow on the CPU (~95 s for this one step)
+@pytest.mark.parametrize("amp_dtype", ["bfloat16", pytest.param("float16", marks=pytest.mark.slow)])
 def test_train_step_under_mixed_precision(workdir, amp_dtype):
     """bf16 takes the GAN gradient from D's backward, fp16 (loss scaling) the second pass through
     D; both must give the gradients of the official order run under the same autocast (bf16
