@@ -241,10 +241,11 @@ class HyperLipsHRTrainer(AdversarialTrainer):
             # The generator's loss reads the real scores as constants, as the official no_grad pass does.
             losses["gan"] = relativistic_loss(score_real.detach(), score_fake, real_is_real=False)
             disc_loss = relativistic_loss(score_real, score_fake, real_is_real=True)
-        loss = self.weighted_total(losses)
-        gan_gradient = self.adversarial_backward(frames, score_fake, self.weights["gan"] * losses["gan"], disc_loss,
-                                                 per_frame=lambda ratio: ratio.view(-1, 1, 1, 1))
+        gan_term = self.weights["gan"] * losses["gan"]
         others = self.weighted_total({name: value for name, value in losses.items() if name != "gan"})
+        loss = others + gan_term
+        gan_gradient = self.adversarial_backward(frames, score_fake, gan_term, disc_loss,
+                                                 per_frame=lambda ratio: ratio.view(-1, 1, 1, 1))
         self.optimize("generator", others, injected=(generated, gan_gradient))
         values = {name: float(value.detach()) for name, value in losses.items()}
         values.update(loss=float(loss.detach()), disc=float(disc_loss.detach()))

@@ -33,8 +33,8 @@ class TrainingError(TalkingFaceError):
 
 def adam(parameters, lr, betas=(0.9, 0.999)):
     """Adam as the official scripts configure it, in torch's fused implementation where the
-    device has one (the same update in one kernel over all tensors: on the CPU about a third of
-    the per-tensor loop's time), the per-tensor loop elsewhere. Frozen parameters are left out."""
+    device has one (the same update, in one kernel over all tensors instead of a loop over them),
+    the per-tensor loop elsewhere. Frozen parameters are left out."""
     parameters = [p for p in parameters if p.requires_grad]
     try:
         return torch.optim.Adam(parameters, lr=lr, betas=betas, fused=True)
