@@ -6,7 +6,7 @@ CUDA when present, else the CPU. Frames per step = batch * T (T = 5) for SyncNet
 for HR (single frames). Each model is measured in its own subprocess, so the CPU peak (max
 resident set size) belongs to that model alone. Prints one JSON object.
 
-    python benchmarks/bench_train.py [--models SyncNet HyperLipsBase HyperLipsHR@128 HyperLipsHR@256] [--batch 2] [--steps 3] [--threads N] [--compile]
+    python benchmarks/bench_train.py [--models SyncNet HyperLipsBase HyperLipsHR@128 HyperLipsHR@256] [--batch 2] [--steps 3] [--threads N] [--compile] [--amp bfloat16]
 On a machine shared with other jobs, fewer threads are often faster (idle OpenMP threads spin).
 """
 import argparse
@@ -47,7 +47,7 @@ def synthetic_batch(model, batch_size, device, size=128, hr_size=128):
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def measure(model, batch_size, steps, device_name, threads, compile_networks=False):
+def measure(model, batch_size, steps, device_name, threads, compile_networks=False, amp="auto"):
     """Run in a fresh process: build the trainer, warm up one step, time `steps` steps.
 
     `model` is a model name; "HyperLipsHR@256" picks the HR decoder's output size.
@@ -68,6 +68,8 @@ def measure(model, batch_size, steps, device_name, threads, compile_networks=Fal
     with tempfile.TemporaryDirectory() as root:
         overrides = dict(checkpoint_root=os.path.join(root, "checkpoints"), results_root=os.path.join(root, "results"),
                          device=device_name, batch_size=batch_size, compile=compile_networks)
+        if amp != "auto":  # "bfloat16" / "float16" / "off"
+            overrides.update(amp=amp != "off", **({"amp_dtype": amp} if amp != "off" else {}))
         if model == "HyperLipsHR":
             overrides["img_size"] = hr_size
         if model == "HyperLipsBase":  # a random expert where Base looks for it
@@ -110,11 +112,14 @@ def main():
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the networks (compile=true)")
+    parser.add_argument("--amp", default="auto", choices=["auto", "off", "bfloat16", "float16"],
+                        help="mixed precision (auto: the YAML default, on for CUDA)")
     parser.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args._child:  # one model, in this process
-        print(json.dumps(measure(args._child, args.batch, args.steps, args.device, args.threads, args.compile)))
+        print(json.dumps(measure(args._child, args.batch, args.steps, args.device, args.threads, args.compile,
+                                 args.amp)))
         return
 
     import torch
@@ -126,7 +131,7 @@ def main():
     for model in args.models:
         command = [sys.executable, os.path.abspath(__file__), "--_child", model, "--batch", str(args.batch),
                    "--steps", str(args.steps), "--device", device, "--threads", str(args.threads)] + \
-            (["--compile"] if args.compile else [])
+            (["--compile"] if args.compile else []) + ["--amp", args.amp]
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         report["models"][model] = json.loads(output.strip().splitlines()[-1])
     report["load_average_1min_at_end"] = round(os.getloadavg()[0], 2)   # >> cpu_count: timings are shared-machine ones
