@@ -68,8 +68,10 @@ def measure(model, batch_size, steps, device_name, threads, compile_networks=Fal
     with tempfile.TemporaryDirectory() as root:
         overrides = dict(checkpoint_root=os.path.join(root, "checkpoints"), results_root=os.path.join(root, "results"),
                          device=device_name, batch_size=batch_size, compile=compile_networks)
-        if amp != "auto":  # "bfloat16" / "float16" / "off"
-            overrides.update(amp=amp != "off", **({"amp_dtype": amp} if amp != "off" else {}))
+        if amp == "off":
+            overrides["amp"] = False
+        elif amp != "auto":   # bfloat16 / float16
+            overrides.update(amp=True, amp_dtype=amp)
         if model == "HyperLipsHR":
             overrides["img_size"] = hr_size
         if model == "HyperLipsBase":  # a random expert where Base looks for it

@@ -7,14 +7,13 @@ HRDecoder 128/256/512) it builds the official and our network, fills the officia
 deterministic weights of tests/test_networks_equivalence.py, loads the official state dict into
 ours through `talkingface.model.load_network` (official checkpoint format, with "module."
 prefixes), and reports the max abs difference of the outputs (and, for Base, of the parameter
-gradients of an L1 loss, and of one whole training step's gradients: the official script's step
-against HyperLipsBaseTrainer.train_step, next to the official step against itself with one more
-thread).
+gradients of an L1 loss). It also runs one WHOLE training step of Base (generator, frozen expert,
+discriminator, both optimizers) and of HR, the official script's step against our trainer's
+train_step, and reports the difference of their gradients next to the official step's against
+itself with one more thread.
 
 Then it times, on the CPU, per network a training step (forward + backward + Adam step, each
-side's Adam as its training code builds it) and
-no-grad inference, and the WHOLE Base training step (generator, frozen expert, discriminator,
-both optimizers), twice:
+side's Adam as its training code builds it) and no-grad inference, and the two whole steps, twice:
 - timing_same_process: both implementations in this process, interleaved, with the same malloc
   setting (--allocator, default tuned): the networks' and the trainer's own speed;
 - timing_as_run: each in a fresh process as its users run it: the official code with glibc's
@@ -58,9 +57,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from talkingface.model import load_network  # noqa: E402
-from talkingface.utils.runtime import keep_freed_memory  # noqa: E402
 from talkingface.trainer.trainer import adam  # noqa: E402
-from talkingface.utils.gradients import GradientRecorder  # noqa: E402
+from talkingface.utils.gradients import GradientRecorder, relative_difference  # noqa: E402
+from talkingface.utils.runtime import keep_freed_memory  # noqa: E402
 
 
 def load_recipe():
@@ -377,34 +376,38 @@ def base_step_runners(official, recipe, which, workdir, record_gradients=False):
                         base_step_batch())
 
 
-def compare_step(step_runners, official, recipe, workdir):
+def _flat_gradients(network, recorder):
+    """A recorder's gradients as one vector in parameter-name order (the two implementations
+    register their modules in different orders)."""
+    gradients = dict(zip([n for n, _ in network.named_parameters()], recorder.gradients))
+    return torch.cat([gradients[n].flatten() for n in sorted(gradients)])
+
+
+def compare_step(make_runners, official, recipe, workdir):
     """One training step of both from the same weights and batch: per network, the norm of the
     gradient difference relative to the official gradient's norm, and the largest difference of
     the BatchNorm running statistics the step's forward left behind. Next to it, the official
     step against itself run with one more thread (another float summation order): at random
     init, BatchNorm in training mode makes these gradients sensitive to that order."""
-    runners, networks, optimizers = step_runners(official, recipe, ("official", "ours"), workdir,
+    runners, networks, optimizers = make_runners(official, recipe, ("official", "ours"), workdir,
                                                  record_gradients=True)
     for run in runners.values():
         run()
     threads = torch.get_num_threads()
     torch.set_num_threads(threads + 1)
     try:
-        again, _, again_optimizers = step_runners(official, recipe, ("official",), workdir,
+        again, _, again_optimizers = make_runners(official, recipe, ("official",), workdir,
                                                   record_gradients=True)
         again["official"]()
     finally:
         torch.set_num_threads(threads)
     report = {}
     for index, name in enumerate(("generator", "discriminator")):
-        def named_flat(network, optimizer):
-            gradients = dict(zip([n for n, _ in network.named_parameters()], optimizer.gradients))
-            return torch.cat([gradients[n].flatten() for n in sorted(gradients)])
-        theirs = named_flat(networks["official"][index], optimizers["official"][index])
-        ours = named_flat(networks["ours"][index], optimizers["ours"][index])
-        theirs_again = named_flat(networks["official"][index], again_optimizers["official"][index])
-        report[f"{name}_gradients_relative"] = float((ours - theirs).norm() / theirs.norm())
-        report[f"{name}_official_vs_itself_relative"] = float((theirs_again - theirs).norm() / theirs.norm())
+        theirs = _flat_gradients(networks["official"][index], optimizers["official"][index])
+        ours = _flat_gradients(networks["ours"][index], optimizers["ours"][index])
+        theirs_again = _flat_gradients(networks["official"][index], again_optimizers["official"][index])
+        report[f"{name}_gradients_relative"] = relative_difference(ours, theirs)
+        report[f"{name}_official_vs_itself_relative"] = relative_difference(theirs_again, theirs)
         theirs_state, ours_state = networks["official"][index].state_dict(), networks["ours"][index].state_dict()
         parameters = dict(networks["official"][index].named_parameters())
         buffers = [k for k in theirs_state if k not in parameters and theirs_state[k].is_floating_point()]
@@ -476,14 +479,12 @@ def all_runners(official, recipe, which, frames, only, workdir):
     for case, spec in timing_cases(frames, torch.Generator().manual_seed(11)).items():
         if not only or case in only:
             cases[case] = network_runners(official, recipe, spec, which)
-    if not only or "HyperLipsBase_full_training_step" in only:
-        step_runners = base_step_runners(official, recipe, which, workdir)[0]
-        cases["HyperLipsBase_full_training_step"] = ({k: {"train_step": fn} for k, fn in step_runners.items()},
-                                                     {"train_step": 10}, None)
-    if not only or "HyperLipsHR_full_training_step" in only:
-        step_runners = hr_step_runners(official, recipe, which, workdir)[0]
-        cases["HyperLipsHR_full_training_step"] = ({k: {"train_step": fn} for k, fn in step_runners.items()},
-                                                   {"train_step": 2}, None)
+    whole_steps = (("HyperLipsBase_full_training_step", base_step_runners, 10),
+                   ("HyperLipsHR_full_training_step", hr_step_runners, 2))
+    for case, make_runners, frames_per_step in whole_steps:
+        if not only or case in only:
+            runners = make_runners(official, recipe, which, workdir)[0]
+            cases[case] = ({k: {"train_step": fn} for k, fn in runners.items()}, {"train_step": frames_per_step}, None)
     return cases
 
 

@@ -11,7 +11,7 @@ from talkingface.model.audio_driven_talkingface.syncnet import SyncNet
 from talkingface.trainer.hyperlipsbase_trainer import HyperLipsBaseTrainer, masked_input, reference_index
 from talkingface.utils.checkpoint import checkpoint_path, latest_checkpoint, save_checkpoint_file
 from talkingface.utils.errors import CheckpointError
-from talkingface.utils.gradients import GradientRecorder
+from talkingface.utils.gradients import GradientRecorder, relative_difference
 
 
 def make_config(workdir, **overrides):
@@ -38,6 +38,22 @@ def fixed_batch(batch_size=1, size=128):
     return {"face": torch.cat([masked, reference], dim=1), "gt": gt,
             "indiv_mels": torch.randn(batch_size, 5, 1, 80, 16, generator=generator),
             "mel": torch.randn(batch_size, 1, 80, 16, generator=generator)}
+
+
+def record_seed_ratios(trainer):
+    """What the trainer's gan_seed_ratio returns at each step (None: the second pass through D ran)."""
+    seen = []
+    original = trainer.gan_seed_ratio
+    trainer.gan_seed_ratio = lambda *args: seen.append(original(*args)) or seen[-1]
+    return seen
+
+
+def flat_gradients(loss, network):
+    """d(loss)/d(every parameter of network) as one vector, zeros where the loss does not reach."""
+    parameters = list(network.parameters())
+    gradients = torch.autograd.grad(loss, parameters, allow_unused=True)
+    return torch.cat([(g if g is not None else torch.zeros_like(p)).float().flatten()
+                      for g, p in zip(gradients, parameters)])
 
 
 def test_missing_expert_is_a_one_line_error_naming_the_command(workdir):
@@ -120,9 +136,7 @@ def test_train_step_gives_the_official_step_order_gradients(workdir, weights, ga
                                                l1_weight=l1_weight))
     if gan_path == "through_d":
         trainer.MAX_SEED_RATIO = 0.0   # every seed ratio counts as unsafe
-    factors = []
-    original_ratio = trainer.gan_seed_ratio
-    trainer.gan_seed_ratio = lambda *args: factors.append(original_ratio(*args)) or factors[-1]
+    factors = record_seed_ratios(trainer)
     generator, discriminator = trainer.networks["generator"], trainer.networks["discriminator"]
     ref_generator, ref_discriminator = copy.deepcopy(generator), copy.deepcopy(discriminator)
     trainer.optimizers = {"generator": GradientRecorder(generator.parameters()),
@@ -137,16 +151,12 @@ def test_train_step_gives_the_official_step_order_gradients(workdir, weights, ga
     loss = gan_weight * bce(ref_discriminator(g), 1.0) + l1_weight * torch.nn.functional.l1_loss(g, batch["gt"])
     if sync_weight:
         loss = loss + sync_weight * trainer.sync_loss(batch["mel"], g)
-    ref_g_gradients = torch.autograd.grad(loss, list(ref_generator.parameters()), allow_unused=True)
     ref_d_loss = bce(ref_discriminator(batch["gt"]), 1.0) + bce(ref_discriminator(g.detach()), 0.0)
-    ref_d_gradients = torch.autograd.grad(ref_d_loss, list(ref_discriminator.parameters()))
-
-    for name, ref_gradients in (("generator", ref_g_gradients), ("discriminator", ref_d_gradients)):
-        ours = trainer.optimizers[name].flat()
-        reference = torch.cat([(gradient if gradient is not None else torch.zeros_like(p)).flatten()
-                               for gradient, p in zip(ref_gradients, trainer.networks[name].parameters())])
+    expected = {"generator": flat_gradients(loss, ref_generator),
+                "discriminator": flat_gradients(ref_d_loss, ref_discriminator)}
+    for name, reference in expected.items():
         assert reference.abs().max() > 0
-        error = float((ours - reference).norm() / reference.norm())
+        error = relative_difference(trainer.optimizers[name].flat(), reference)
         assert error < 2e-5, f"{name} gradients differ by {error:.2e} (relative norm)"
     ours_state, ref_state = generator.state_dict(), ref_generator.state_dict()
     for key, parameter in ref_state.items():    # BatchNorm running statistics of the one G forward
@@ -164,9 +174,7 @@ def test_train_step_under_mixed_precision(workdir, amp_dtype):
     torch.manual_seed(0)
     trainer = HyperLipsBaseTrainer(make_config(workdir, gan_weight=1.0, sync_weight=0, l1_weight=0,
                                                amp=True, amp_dtype=amp_dtype))
-    factors = []
-    original_ratio = trainer.gan_seed_ratio
-    trainer.gan_seed_ratio = lambda *args: factors.append(original_ratio(*args)) or factors[-1]
+    factors = record_seed_ratios(trainer)
     generator, discriminator = trainer.networks["generator"], trainer.networks["discriminator"]
     reference = {"generator": copy.deepcopy(generator), "discriminator": copy.deepcopy(discriminator)}
     trainer.optimizers = {name: GradientRecorder(network.parameters()) for name, network in trainer.networks.items()}
@@ -182,13 +190,12 @@ def test_train_step_under_mixed_precision(workdir, amp_dtype):
         g = reference["generator"](batch["indiv_mels"], batch["face"])
         g_loss = bce(reference["discriminator"](g), 1.0)
         d_loss = bce(reference["discriminator"](batch["gt"]), 1.0) + bce(reference["discriminator"](g.detach()), 0.0)
-    expected = {"generator": torch.autograd.grad(g_loss * scale, list(reference["generator"].parameters())),
-                "discriminator": torch.autograd.grad(d_loss * scale, list(reference["discriminator"].parameters()))}
-    for name, gradients in expected.items():
-        wanted = torch.cat([gradient.float().flatten() for gradient in gradients]) / scale
+    expected = {"generator": flat_gradients(g_loss * scale, reference["generator"]) / scale,
+                "discriminator": flat_gradients(d_loss * scale, reference["discriminator"]) / scale}
+    for name, wanted in expected.items():
         ours = trainer.optimizers[name].flat()
         assert torch.isfinite(ours).all() and wanted.norm() > 0
-        error = float((ours - wanted).norm() / wanted.norm())
+        error = relative_difference(ours, wanted)
         assert error < 0.1, f"{name} gradients differ by {error:.2e} under {amp_dtype}"
 
 

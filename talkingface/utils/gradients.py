@@ -1,4 +1,4 @@
-"""GradientRecorder: check the gradients a trainer's real step computes, without updating.
+"""Checking the gradients a trainer's real step computes: GradientRecorder, relative_difference.
 
 Swapped in for a trainer's optimizer (tests, benchmarks/official_compare.py): comparing weight
 updates instead loses small gradients in float32 rounding (an update of 1e-7 on a weight of 0.1
@@ -23,3 +23,8 @@ class GradientRecorder(torch.optim.Optimizer):
     def flat(self):
         """All recorded gradients as one vector, in parameter order."""
         return torch.cat([gradient.flatten() for gradient in self.gradients])
+
+
+def relative_difference(ours, reference):
+    """|ours - reference| / |reference| (Euclidean norms over all elements), as a float."""
+    return float((ours - reference).norm() / reference.norm())

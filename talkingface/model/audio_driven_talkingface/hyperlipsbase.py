@@ -52,9 +52,8 @@ class HyperLipsBase(AbstractTalkingFace):
 
     def forward_frames(self, audio, face):
         """audio (N,1,80,16), face (N,6,H,W) -> (N,3,H,W)."""
-        # NHWC throughout, training included (about 10% faster per Base training step on the
-        # CPU). The grouped hyper-convolutions hand back NCHW maps: convert them, or the whole
-        # decoder (two thirds of the FLOPs, at 128x128) silently runs NCHW.
+        # NHWC throughout, training included. The grouped hyper-convolutions hand back NCHW
+        # maps: convert them, or the decoder at 128x128 silently runs NCHW.
         face = channels_last(face)
         f1, f2, f3, f4 = self.face_encoder(face)
         f4 = self.aspp(f4)
