@@ -10,8 +10,8 @@ from torch.nn import functional as F
 
 def channels_last(x, keep_nchw_on_cpu=False):
     """`x` in NHWC layout (values unchanged, layout only): oneDNN runs most convs faster on NHWC.
-    Where a network's CPU training measured faster in NCHW (SyncNet's step is about 30% slower in
-    NHWC in `benchmarks/bench_train.py`), it passes keep_nchw_on_cpu=self.training."""
+    Where a network's CPU training measured faster in NCHW (SyncNet, HRDecoder), it passes
+    keep_nchw_on_cpu=self.training."""
     if keep_nchw_on_cpu and not x.is_cuda:
         return x
     return x.contiguous(memory_format=torch.channels_last)
