@@ -6,10 +6,10 @@ after a short SyncNet expert run, and every `--eval_every` seconds regenerates t
 clips (the demo's val and test splits, never trained on) with `trainer.generate_clip` to record:
 - L1 against the ground-truth crops, next to the trivial baseline: the reference frame pasted
   unchanged (the same reference generate_clip uses), i.e. L1(reference, gt);
-- at the end, the Pearson correlation between the generated mouth opening (face mesh inner-lip
-  distance 13-14 divided by the face height 10-152) and the audio loudness (RMS of each frame's
-  40 ms of audio); the same number for the ground-truth frames is the ceiling.
-Prints and writes one JSON object (with the curve L1 vs steps) to `--output`.
+- the Pearson correlation between the generated mouth opening (face mesh inner-lip distance
+  13-14 divided by the face height 10-152) and the audio loudness (RMS of each frame's 40 ms of
+  audio); the same number for the ground-truth frames is the ceiling.
+Prints and writes one JSON object (with the curve of both vs steps) to `--output`.
 
     python benchmarks/learning_quality.py --minutes 25
 Training time is counted as CPU time / threads by default (`--clock cpu`): the time the same work
@@ -59,6 +59,11 @@ def mouth_openings(frames, mesh, upscale=256):
         face_height = np.linalg.norm(points[10] - points[152])
         values.append(float(np.linalg.norm(points[13] - points[14]) / max(face_height, 1e-6)))
     return np.array(values)
+
+
+def rounded(value, digits=3):
+    """A JSON-friendly float: None for NaN."""
+    return None if math.isnan(value) else round(value, digits)
 
 
 def pearson(x, y):
@@ -207,6 +212,7 @@ def main():
     def point():
         cpu, wall = clock.cpu(), clock.wall()
         generated = [trainer.generate_clip(clip) for clip in held_out.clips]
+        correlation, found = held_out.correlation(generated)
         evaluation_seconds["cpu"] += clock.cpu() - cpu
         evaluation_seconds["wall"] += clock.wall() - wall
         l1 = held_out.l1(generated)
@@ -214,10 +220,11 @@ def main():
         running.clear()
         curve.append({"step": trainer.global_step, "train_seconds": round(train_seconds(), 1),
                       "wall_seconds": round(time.monotonic() - wall_start, 1),
-                      "heldout_l1": round(l1, 5), "train_l1": train_l1})
-        logger.info("step %d (%.0f s %s): held-out L1 %.4f (baseline %.4f), train L1 %s",
-                    trainer.global_step, train_seconds(), args.clock, l1, held_out.baseline_l1, train_l1)
-        return generated
+                      "heldout_l1": round(l1, 5), "train_l1": train_l1,
+                      "mouth_loudness_pearson": rounded(correlation), "mouth_found_fraction": round(found, 3)})
+        logger.info("step %d (%.0f s %s): held-out L1 %.4f (baseline %.4f), train L1 %s, mouth/loudness r %s",
+                    trainer.global_step, train_seconds(), args.clock, l1, held_out.baseline_l1, train_l1,
+                    rounded(correlation))
 
     budget = args.minutes * 60
     wall_limit = args.max_wall_minutes * 60 or float("inf")
@@ -227,19 +234,18 @@ def main():
         return (train_seconds() >= budget or (args.max_steps and trainer.global_step >= args.max_steps)
                 or time.monotonic() - wall_start >= wall_limit)
 
-    generated = point()
+    point()
     while not stopped():
         target = train_seconds() + args.eval_every
         train_for(trainer, lambda: stopped() or train_seconds() >= target,
                   on_step=lambda values: running.append(values["l1"]))
-        generated = point()
+        point()
     if args.max_steps and trainer.global_step >= args.max_steps:
         stop_reason = "max_steps"
     elif train_seconds() < budget:
         stop_reason = "max_wall_minutes (budget not used up)"
     trainer.save_checkpoint()
 
-    correlation, found = held_out.correlation(generated)
     gt_correlation, gt_found = held_out.correlation(held_out.gt)
     final = curve[-1]["heldout_l1"]
     report.update({
@@ -256,9 +262,9 @@ def main():
         "final_heldout_l1": final,
         "baseline_l1_reference_pasted": round(held_out.baseline_l1, 5),
         "below_baseline": bool(final < held_out.baseline_l1),
-        "mouth_loudness_pearson": None if math.isnan(correlation) else round(correlation, 3),
-        "mouth_found_fraction": round(found, 3),
-        "gt_mouth_loudness_pearson": None if math.isnan(gt_correlation) else round(gt_correlation, 3),
+        "mouth_loudness_pearson": curve[-1]["mouth_loudness_pearson"],
+        "mouth_found_fraction": curve[-1]["mouth_found_fraction"],
+        "gt_mouth_loudness_pearson": rounded(gt_correlation),
         "gt_mouth_found_fraction": round(gt_found, 3),
         "curve": curve,
         "wall_minutes": round((time.monotonic() - started) / 60, 1),
