@@ -12,7 +12,7 @@ from talkingface.trainer.hyperlipshr_trainer import (LPIPS_CHANNELS, LPIPSVGG, V
                                                      relativistic_loss, vgg_features)
 from talkingface.utils.errors import CheckpointError
 from talkingface.utils.gradients import GradientRecorder, relative_difference
-from test_train_base import flat_gradients, record_seed_ratios
+from step_checks import flat_gradients, record_seed_ratios
 
 
 def make_config(root, **overrides):

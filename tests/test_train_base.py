@@ -12,6 +12,7 @@ from talkingface.trainer.hyperlipsbase_trainer import HyperLipsBaseTrainer, mask
 from talkingface.utils.checkpoint import checkpoint_path, latest_checkpoint, save_checkpoint_file
 from talkingface.utils.errors import CheckpointError
 from talkingface.utils.gradients import GradientRecorder, relative_difference
+from step_checks import flat_gradients, record_seed_ratios
 
 
 def make_config(workdir, **overrides):
@@ -38,22 +39,6 @@ def fixed_batch(batch_size=1, size=128):
     return {"face": torch.cat([masked, reference], dim=1), "gt": gt,
             "indiv_mels": torch.randn(batch_size, 5, 1, 80, 16, generator=generator),
             "mel": torch.randn(batch_size, 1, 80, 16, generator=generator)}
-
-
-def record_seed_ratios(trainer):
-    """What the trainer's gan_seed_ratio returns at each step (None: the second pass through D ran)."""
-    seen = []
-    original = trainer.gan_seed_ratio
-    trainer.gan_seed_ratio = lambda *args: seen.append(original(*args)) or seen[-1]
-    return seen
-
-
-def flat_gradients(loss, network):
-    """d(loss)/d(every parameter of network) as one vector, zeros where the loss does not reach."""
-    parameters = list(network.parameters())
-    gradients = torch.autograd.grad(loss, parameters, allow_unused=True)
-    return torch.cat([(g if g is not None else torch.zeros_like(p)).float().flatten()
-                      for g, p in zip(gradients, parameters)])
 
 
 def test_missing_expert_is_a_one_line_error_naming_the_command(workdir):
