@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   := --dataset=demo
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo app test test-fast bench clean
 
 install: $(STAMP)
 
@@ -34,6 +34,11 @@ demo: $(STAMP)
 		--video=dataset/demo/data/M000/front/neutral/level_1/001.mp4 \
 		--audio=dataset/demo/data/M000/front/happy/level_1/001.mp4 --output=results/demo/demo_infer.mp4
 	@echo "demo done: metrics in results/demo/*/metrics.json, video in results/demo/demo_infer.mp4"
+
+# The web app on http://127.0.0.1:7860 (APP_ARGS="--port=8000 --checkpoint=..." to change it); it offers
+# every model trained under checkpoints/, e.g. by `make demo`.
+app: $(STAMP)
+	$(PY) run_talkingface.py --mode=app $(APP_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

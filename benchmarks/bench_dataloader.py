@@ -11,22 +11,13 @@ in frames/s), the main process's CPU time per batch, and its peak resident memor
 the dataset and after iterating (the dataset keeps an index and each clip's mel, not frames).
 """
 import argparse
-import json
 import os
-import platform
-import resource
-import subprocess
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import harness
 
 T = 5
-
-
-def rss_mb():
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def measure(model, workers, batches, batch_size, root):
@@ -44,7 +35,7 @@ def measure(model, workers, batches, batch_size, root):
     preprocess(config)
     trainer = build_trainer(config)
     train_set, _ = trainer.build_datasets()
-    rss_built = rss_mb()
+    rss_built = harness.peak_rss_mb()
     loader = trainer.build_dataloader(train_set, train=True)
 
     def batches_forever():
@@ -63,7 +54,7 @@ def measure(model, workers, batches, batch_size, root):
     return {"workers": workers, "batch_size": config["batch_size"], "clips": len(getattr(train_set, "clips", [])),
             "batches_per_s": round(batches / wall, 2), "samples_per_s": round(samples / wall, 1),
             "frames_per_s": round(samples * T / wall, 1), "main_cpu_ms_per_batch": round(1000 * cpu / batches, 1),
-            "peak_rss_mb_after_build": rss_built, "peak_rss_mb_after_iterating": rss_mb()}
+            "peak_rss_mb_after_build": rss_built, "peak_rss_mb_after_iterating": harness.peak_rss_mb()}
 
 
 def main():
@@ -78,21 +69,16 @@ def main():
 
     if args._child:
         model, workers = args._child
-        print(json.dumps(measure(model, int(workers), args.batches, args.batch, args._root)))
+        harness.print_child_result(measure(model, int(workers), args.batches, args.batch, args._root))
         return
-    report = {"device": f"cpu ({platform.processor() or platform.machine()})", "cpu_count": os.cpu_count(),
-              "load_average_1min": round(os.getloadavg()[0], 2), "models": {}}
+    report = dict(harness.header("cpu"), models={})
     with tempfile.TemporaryDirectory() as root:
         for model in args.models:
-            report["models"][model] = []
-            for workers in args.workers:
-                command = [sys.executable, os.path.abspath(__file__), "--_child", model, str(workers),
-                           "--batches", str(args.batches), "--batch", str(args.batch), "--_root", root]
-                output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-                report["models"][model].append(json.loads(output.strip().splitlines()[-1]))
-    report["load_average_1min_at_end"] = round(os.getloadavg()[0], 2)
-    print(json.dumps(report, indent=2))
-
+            report["models"][model] = [
+                harness.run_child(__file__, "--_child", model, workers, "--batches", args.batches,
+                                  "--batch", args.batch, "--_root", root)
+                for workers in args.workers]
+    harness.print_report(report)
 
 if __name__ == "__main__":
     main()

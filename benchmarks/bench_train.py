@@ -10,16 +10,11 @@ resident set size) belongs to that model alone. Prints one JSON object.
 On a machine shared with other jobs, fewer threads are often faster (idle OpenMP threads spin).
 """
 import argparse
-import json
 import os
-import platform
-import resource
-import subprocess
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import harness
 
 T = 5
 
@@ -102,7 +97,7 @@ def measure(model, batch_size, steps, device_name, threads, compile_networks=Fal
               "compiled": compile_networks, "first_step_seconds": round(warm_up, 1)}
     if device.type == "cuda":
         result["peak_cuda_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)
-    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    result["peak_rss_mb"] = harness.peak_rss_mb()
     return result
 
 
@@ -120,25 +115,19 @@ def main():
     args = parser.parse_args()
 
     if args._child:  # one model, in this process
-        print(json.dumps(measure(args._child, args.batch, args.steps, args.device, args.threads, args.compile,
-                                 args.amp)))
+        harness.print_child_result(measure(args._child, args.batch, args.steps, args.device, args.threads,
+                                           args.compile, args.amp))
         return
 
     import torch
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
     device = "cpu" if device == "auto" else device
-    report = {"device": torch.cuda.get_device_name() if device.startswith("cuda") else f"cpu ({platform.processor() or platform.machine()})",
-              "torch": torch.__version__, "cpu_count": os.cpu_count(),
-              "load_average_1min": round(os.getloadavg()[0], 2), "models": {}}
+    report = dict(harness.header(device, args.threads), models={})
     for model in args.models:
-        command = [sys.executable, os.path.abspath(__file__), "--_child", model, "--batch", str(args.batch),
-                   "--steps", str(args.steps), "--device", device, "--threads", str(args.threads)] + \
-            (["--compile"] if args.compile else []) + ["--amp", args.amp]
-        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-        report["models"][model] = json.loads(output.strip().splitlines()[-1])
-    report["load_average_1min_at_end"] = round(os.getloadavg()[0], 2)   # >> cpu_count: timings are shared-machine ones
-    print(json.dumps(report, indent=2))
-
+        report["models"][model] = harness.run_child(
+            __file__, "--_child", model, "--batch", args.batch, "--steps", args.steps, "--device", device,
+            "--threads", args.threads, *(["--compile"] if args.compile else []), "--amp", args.amp)
+    harness.print_report(report)
 
 if __name__ == "__main__":
     main()

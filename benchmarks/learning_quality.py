@@ -26,15 +26,19 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import harness  # puts the repository on sys.path
 
 logger = logging.getLogger("talkingface.learning_quality")
 
 # Demo-sized training: small batches (many steps in a few CPU minutes) and a higher learning rate
-# than the MEAD defaults (which stay untouched in properties/model/*.yaml).
+# than the MEAD defaults (which stay untouched in properties/model/*.yaml). Training stops on the
+# time budget (Trainer.fit's should_stop), so max_steps and the periodic validation/checkpoints
+# are pushed out of reach: fit validates and saves once, when it stops.
+UNBOUNDED = 10 ** 9
+TIMED_RUN = dict(max_steps=UNBOUNDED, eval_interval=UNBOUNDED, checkpoint_interval=UNBOUNDED)
 DEMO_BASE_OVERRIDES = dict(batch_size=2, eval_batch_size=4, learning_rate=5e-4, num_workers=0, log_interval=10)
 DEMO_SYNCNET_OVERRIDES = dict(batch_size=16, eval_batch_size=16, num_workers=0, log_interval=10)
 
@@ -78,7 +82,7 @@ class HeldOut:
 
     def __init__(self, config, splits=("val", "test")):
         from talkingface.data.dataset.clip import Clip, read_filelist
-        from talkingface.trainer.hyperlipsbase_trainer import reference_index
+        from talkingface.model.inputs import reference_index
         from talkingface.utils.audio import load_audio
         size = config["img_size"]
         self.clips, self.gt, self.rms = [], [], []
@@ -91,7 +95,7 @@ class HeldOut:
         if not self.clips:
             raise SystemExit("no held-out clips (val/test filelists are empty)")
         self.baseline_l1 = float(np.mean([
-            np.abs(gt[[reference_index(k, len(gt)) for k in range(len(gt))]].astype(np.float32) - gt) .mean() / 255
+            np.abs(gt[[reference_index("half_clip", k, len(gt)) for k in range(len(gt))]].astype(np.float32) - gt) .mean() / 255
             for gt in self.gt]))
 
     def l1(self, generated):
@@ -123,23 +127,6 @@ class Clock:
         return self.cpu() if self.kind == "cpu" else self.wall()
 
 
-def train_for(trainer, done, on_step=None):
-    """Call train_step on the trainer's training set until `done()` is true."""
-    train_set, _ = trainer.build_datasets()
-    loader = trainer.build_dataloader(train_set, train=True)
-    while not done():
-        for batch in loader:
-            trainer._set_mode(True)
-            losses = trainer.train_step(trainer.to_device(batch))
-            trainer.global_step += 1
-            if on_step is not None:
-                on_step(losses)
-            if done():
-                break
-        else:
-            trainer.global_epoch += 1
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=25.0, help="training time of Base")
@@ -169,25 +156,26 @@ def main():
     roots = dict(checkpoint_root=os.path.join(args.workdir, "checkpoints"),
                  results_root=os.path.join(args.workdir, "results"), device=args.device, resume=False)
     started = time.monotonic()
-    report = {"device": args.device, "threads": args.threads, "minutes": args.minutes}
+    report = dict(harness.header(args.device, args.threads), minutes=args.minutes)
 
     syncnet_report = None
     if args.syncnet_minutes > 0:
-        config = build_config("SyncNet", "demo", config_dict={**roots, **DEMO_SYNCNET_OVERRIDES})
+        config = build_config("SyncNet", "demo", config_dict={**roots, **TIMED_RUN, **DEMO_SYNCNET_OVERRIDES})
         preprocess(config)
         trainer = build_trainer(config)
         losses = []
         clock = Clock(args.clock, args.threads)
-        train_for(trainer, lambda: clock() >= args.syncnet_minutes * 60,
-                  on_step=lambda values: losses.append(values["loss"]))
-        trainer.save_checkpoint()
-        validation = trainer.evaluate()
+        trainer.fit(should_stop=lambda: clock() >= args.syncnet_minutes * 60,
+                    on_step_end=lambda values: losses.append(values["loss"]))
+        validation = trainer.evaluate()   # the validation fit ran when it stopped
         syncnet_report = {"steps": trainer.global_step, "first_loss": losses[0], "last_20_loss": float(np.mean(losses[-20:])),
                           "val": {k: validation[k] for k in ("loss", "accuracy")}}
         trainer.close()
         logger.info("SyncNet expert: %s", syncnet_report)
 
-    overrides = {**roots, **DEMO_BASE_OVERRIDES}
+    overrides = {**roots, **TIMED_RUN, **DEMO_BASE_OVERRIDES}
+    if args.max_steps:
+        overrides["max_steps"] = args.max_steps
     if args.syncnet_minutes <= 0:
         overrides["sync_weight"] = 0.0
     for item in args.set:
@@ -234,17 +222,24 @@ def main():
         return (train_seconds() >= budget or (args.max_steps and trainer.global_step >= args.max_steps)
                 or time.monotonic() - wall_start >= wall_limit)
 
+    next_point = [args.eval_every]
+    trained = [0.0]     # training seconds when training stopped (fit's last validation is not training)
+
+    def step_end(values):
+        running.append(values["l1"])
+        if stopped() or train_seconds() >= next_point[0]:
+            trained[0] = train_seconds()
+            point()
+            next_point[0] = train_seconds() + args.eval_every
+
     point()
-    while not stopped():
-        target = train_seconds() + args.eval_every
-        train_for(trainer, lambda: stopped() or train_seconds() >= target,
-                  on_step=lambda values: running.append(values["l1"]))
-        point()
+    trainer.fit(should_stop=stopped, on_step_end=step_end)   # it saves a checkpoint when it stops
+    if trainer.global_step == 0:
+        trained[0] = train_seconds()
     if args.max_steps and trainer.global_step >= args.max_steps:
         stop_reason = "max_steps"
-    elif train_seconds() < budget:
+    elif trained[0] < budget:
         stop_reason = "max_wall_minutes (budget not used up)"
-    trainer.save_checkpoint()
 
     gt_correlation, gt_found = held_out.correlation(held_out.gt)
     final = curve[-1]["heldout_l1"]
@@ -256,7 +251,7 @@ def main():
         "heldout_frames": int(sum(len(g) for g in held_out.gt)),
         "clock": args.clock,
         "stopped_by": stop_reason,
-        "train_minutes": round(train_seconds() / 60, 2),
+        "train_minutes": round(trained[0] / 60, 2),
         "steps": trainer.global_step,
         "frames_seen": trainer.global_step * config["batch_size"] * config["syncnet_T"],
         "final_heldout_l1": final,
@@ -268,14 +263,13 @@ def main():
         "gt_mouth_found_fraction": round(gt_found, 3),
         "curve": curve,
         "wall_minutes": round((time.monotonic() - started) / 60, 1),
-        "load_average_1min_at_end": round(os.getloadavg()[0], 2),
     })
     trainer.close()
     output = args.output or os.path.join(args.workdir, "learning_quality.json")
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    harness.print_report(report)
     with open(output, "w", encoding="utf-8") as f:
         json.dump(report, f, indent=2)
-    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

@@ -39,11 +39,7 @@ needs `transforms.functional.normalize` and the names `models.resnet.{ResNet,Bot
 tiny in-memory stand-in is put in sys.modules before importing it (no file is written for it).
 """
 import argparse
-import importlib.util
-import json
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -53,8 +49,7 @@ import numpy as np
 import torch
 from torch import nn
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import harness  # puts the repository on sys.path
 
 from talkingface.model import load_network  # noqa: E402
 from talkingface.trainer.trainer import adam  # noqa: E402
@@ -63,12 +58,9 @@ from talkingface.utils.runtime import keep_freed_memory  # noqa: E402
 
 
 def load_recipe():
-    """The deterministic weight/input recipe lives with the test that uses it."""
-    path = os.path.join(ROOT, "tests", "test_networks_equivalence.py")
-    spec = importlib.util.spec_from_file_location("networks_recipe", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The deterministic weights and inputs the networks test uses too (network_recipe.py)."""
+    import network_recipe
+    return network_recipe
 
 
 def install_torchvision_standin():
@@ -421,7 +413,7 @@ HR_STEP_SIZE = 256
 
 
 def hr_step_batch(batch_size=2, size=HR_STEP_SIZE):
-    from talkingface.trainer.hyperlipshr_trainer import box_masks
+    from talkingface.model.losses import box_masks
     g = torch.Generator().manual_seed(17)
     boxes = torch.tensor([[size // 4, size // 2, 3 * size // 4, 7 * size // 8]] * batch_size)
     return {"input": torch.rand(batch_size, 6, 128, 128, generator=g),
@@ -536,13 +528,9 @@ def ratios(seconds):
 def measure_in_child(args, which):
     """`measure` for one implementation in a fresh process: the official code with glibc's default
     malloc, ours with keep_freed_memory (the parent's mallopt does not survive the exec)."""
-    command = [sys.executable, os.path.abspath(__file__), "--official", args.official, "--_child", which,
-               "--repeats", str(args.repeats), "--frames", str(args.frames), "--threads", str(args.threads)]
-    if args.only:
-        command += ["--only", args.only]
-    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-    return json.loads(output.strip().splitlines()[-1])
-
+    extra = ["--only", args.only] if args.only else []
+    return harness.run_child(__file__, "--official", args.official, "--_child", which, "--repeats", args.repeats,
+                             "--frames", args.frames, "--threads", args.threads, *extra)
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -569,14 +557,13 @@ def main():
             keep_freed_memory()   # as run_talkingface.py does
         seconds = measure(load_official(os.path.abspath(args.official)), load_recipe(), (args._child,),
                           args.repeats, args.frames, only)
-        print(json.dumps(seconds))
+        harness.print_child_result(seconds)
         return
     if args.allocator == "tuned":
         keep_freed_memory()
     recipe = load_recipe()
     official = load_official(os.path.abspath(args.official))
-    report = {"torch": torch.__version__, "threads": args.threads, "cpu": platform.processor() or platform.machine(),
-              "load_average_1min": round(os.getloadavg()[0], 2)}
+    report = harness.header("cpu", args.threads)
     if args.write_fixture:
         report["fixture"] = write_fixture(official, recipe, args.write_fixture)
     report["max_abs_diff"], report["gradient_diff"] = compare_outputs(official, recipe)
@@ -600,8 +587,7 @@ def main():
                         merged[case][kind]["gflop"] = {**row["gflop"], **ours["gflop"]}
             report["timing_as_run"] = {"allocator": "official: glibc default; ours: tuned, as run_talkingface.py",
                                        **ratios(merged)}
-    report["load_average_1min_at_end"] = round(os.getloadavg()[0], 2)
-    print(json.dumps(report, indent=2))
+    harness.print_report(report)
 
 
 if __name__ == "__main__":

@@ -51,3 +51,134 @@ def _fresh_logger():
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
         handler.close()
+
+
+@pytest.fixture(scope="session")
+def lipsync_media(samples_dir, tmp_path_factory):
+    """Tiny inputs for lip-sync runs: a 0.6 s 480x270 cut of a sample clip (25 fps, with sound),
+    0.8 s of its driving audio as wav, and 1 s of noise with no face in it."""
+    import subprocess
+
+    import numpy as np
+
+    from talkingface.utils.audio import ffmpeg_exe
+
+    folder = tmp_path_factory.mktemp("lipsync_media")
+    paths = {"video": folder / "face.mp4", "audio": folder / "speech.wav", "noface": folder / "noface.mp4"}
+
+    def ffmpeg(*args, stdin=None):
+        subprocess.run([ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-y", *map(str, args)],
+                       input=stdin, check=True)
+
+    ffmpeg("-i", samples_dir / "video1.mp4", "-ss", 3, "-t", 0.6, "-vf", "scale=480:270", "-r", 25,
+           "-c:v", "libx264", "-crf", 14, "-c:a", "aac", paths["video"])
+    ffmpeg("-i", samples_dir / "video1_drive.wav", "-t", 0.8, paths["audio"])
+    noise = np.random.default_rng(0).integers(0, 256, (25, 120, 160, 3), dtype=np.uint8)
+    ffmpeg("-f", "rawvideo", "-pix_fmt", "bgr24", "-s", "160x120", "-r", 25, "-i", "pipe:0",
+           "-c:v", "libx264", "-pix_fmt", "yuv420p", paths["noface"], stdin=noise.tobytes())
+    return paths
+
+
+@pytest.fixture(scope="session")
+def repo_root():
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def make_config():
+    """The config factory: make_config(model, root=None, dataset="demo", **overrides) (builders.py)."""
+    from builders import make_config
+    return make_config
+
+
+@pytest.fixture
+def free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    from builders import free_port
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def _random_expert_file(tmp_path_factory):
+    import torch
+
+    from talkingface.model import build_network
+    from talkingface.utils.checkpoint import checkpoint_path, save_checkpoint_file
+
+    torch.manual_seed(1)
+    path = checkpoint_path(str(tmp_path_factory.mktemp("random_expert")), 1)
+    save_checkpoint_file({"state_dict": build_network("SyncNet").state_dict(), "global_step": 1, "model": "SyncNet"},
+                         path)
+    return path
+
+
+@pytest.fixture
+def random_expert(_random_expert_file):
+    """random_expert(root): a random-init SyncNet checkpoint (written once per session) linked where
+    HyperLipsBase looks for its expert, root/checkpoints/demo/SyncNet/; returns that path."""
+    def install(root):
+        folder = pathlib.Path(root) / "checkpoints" / "demo" / "SyncNet"
+        folder.mkdir(parents=True, exist_ok=True)
+        link = folder / os.path.basename(_random_expert_file)
+        link.symlink_to(_random_expert_file)
+        return str(link)
+    return install
+
+
+@pytest.fixture(scope="session")
+def killed_writer_temp_name():
+    """temp_name(path) as a writer killed mid-write (kill -9) left it: the PID of a process that is gone."""
+    import subprocess
+    import sys
+
+    from talkingface.utils.files import temp_name
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    return lambda path: temp_name(path).name.replace(f"-{os.getpid()}-", f"-{dead.pid}-")
+
+
+@pytest.fixture(scope="session")
+def random_base_checkpoint(tmp_path_factory):
+    """checkpoints/demo/HyperLipsBase/checkpoint_step000000001.pth with random-init weights, in a
+    folder of its own (its parent of `checkpoints/` is returned too as ["root"])."""
+    import torch
+
+    from talkingface.model import build_network
+    from talkingface.utils.checkpoint import checkpoint_path, save_checkpoint_file
+
+    root = tmp_path_factory.mktemp("random_ckpt")
+    folder = root / "checkpoints" / "demo" / "HyperLipsBase"
+    torch.manual_seed(0)
+    path = checkpoint_path(str(folder), 1)
+    save_checkpoint_file({"state_dict": build_network("HyperLipsBase").state_dict(),
+                          "model": "HyperLipsBase", "global_step": 1}, path)
+    return {"path": path, "root": root}
+
+
+@pytest.fixture(scope="session")
+def demo_base_data(tmp_path_factory):
+    """A 3-clip demo set (2 s clips: 2 train, 1 val) generated and Base-preprocessed once per
+    session; returns the config values that point at it (pass them to Config or as --key=value)."""
+    from talkingface.config import Config
+    from talkingface.data.dataprocess.hyperlipsbase_process import HyperLipsBasePreprocessor
+
+    tmp = tmp_path_factory.mktemp("demo_base_data")
+    values = dict(data_root=str(tmp / "data"), preprocessed_root=str(tmp / "pre"), num_preprocess_workers=1,
+                  demo_num_clips=3, demo_clip_seconds=2.0)
+    HyperLipsBasePreprocessor(Config(model="HyperLipsBase", dataset="demo", config_dict=values)).run()
+    return values
+
+
+@pytest.fixture(scope="session")
+def demo_split_data(tmp_path_factory):
+    """A 3-clip demo set (2 s clips: 1 train, 1 val, 1 test) generated and Base-preprocessed once
+    per session; returns the config values that point at it."""
+    from talkingface.config import Config
+    from talkingface.data.dataprocess.hyperlipsbase_process import HyperLipsBasePreprocessor
+
+    tmp = tmp_path_factory.mktemp("demo_split_data")
+    values = dict(data_root=str(tmp / "data"), preprocessed_root=str(tmp / "pre"), num_preprocess_workers=1,
+                  demo_num_clips=3, demo_clip_seconds=2.0, val_ratio=0.34, test_ratio=0.34)
+    HyperLipsBasePreprocessor(Config(model="HyperLipsBase", dataset="demo", config_dict=values)).run()
+    return values

@@ -1,5 +1,6 @@
-"""Config layering, command-line parsing, unknown keys, registries and the entry point."""
+"""Config layering, scoped and typed keys, command-line parsing, registries and the entry point."""
 import glob
+import inspect
 import os
 import re
 import subprocess
@@ -8,8 +9,10 @@ import sys
 import pytest
 
 from run_talkingface import main as cli_main
-from talkingface.config import Config, parse_value
-from talkingface.config.configurator import PROPERTIES_DIR, known_keys, load_yaml
+from run_talkingface import parse_args
+from talkingface.config import MODES, Config, parse_value
+from talkingface.config.configurator import (DATASET_DIRS_ENV, DATASET_KEYS, DERIVED_KEYS, PROPERTIES_DIR,
+                                             RUN_KEYS, available, known_keys, layer, load_yaml)
 from talkingface.utils.errors import ConfigError
 from talkingface.utils.registry import DATASETS, MODELS, PREPROCESSORS, TRAINERS, Registry
 
@@ -62,7 +65,7 @@ def test_unknown_model_dataset_and_mode():
         Config(model="HyperLips", dataset="demo")
     with pytest.raises(ConfigError, match="available: .*MEAD"):
         Config(model="HyperLipsBase", dataset="VoxCeleb")
-    with pytest.raises(ConfigError, match="unknown mode"):
+    with pytest.raises(ConfigError, match="mode must be one of train, evaluate, preprocess, infer.*'fit'"):
         Config(model="HyperLipsBase", dataset="demo", config_dict={"mode": "fit"})
 
 
@@ -93,18 +96,62 @@ def _python_sources():
     return {path: open(path, encoding="utf-8").read() for path in files}
 
 
+# A read of a setting: config["key"], self.config.get("key"), settings["key"] (inference overrides).
+READ = re.compile(r"""\b(?:config|settings)(?:\.get\(|\[)\s*["'](\w+)["']""")
+LOOKUP = re.compile(r"""\b(MODELS|DATASETS|PREPROCESSORS|TRAINERS)\.get\(\s*["'](\w+)["']""")
+
+
+def _model_files():
+    """Source file -> the models whose runs execute it as their own code: each model's registered
+    network, trainer, dataset class and preprocessor, their base classes, and the classes these look
+    up by name (HR's preprocessor runs the Base one). Files of no model run for every model."""
+    registries = {"MODELS": MODELS, "DATASETS": DATASETS, "PREPROCESSORS": PREPROCESSORS, "TRAINERS": TRAINERS}
+    files = {}
+    for model in available("model"):
+        yaml_layer = layer("model", model)
+        todo = [MODELS.get(model), TRAINERS.get(model, default=TRAINERS.get("Trainer")),
+                DATASETS.get(yaml_layer["dataset_class"]), PREPROCESSORS.get(yaml_layer["preprocessor"])]
+        seen = set()
+        while todo:
+            for cls in todo.pop().__mro__:
+                if cls in seen or not cls.__module__.startswith("talkingface."):
+                    continue
+                seen.add(cls)
+                files.setdefault(os.path.realpath(inspect.getsourcefile(cls)), set()).add(model)
+                todo += [registries[kind].get(name) for kind, name in LOOKUP.findall(inspect.getsource(cls))]
+    return files
+
+
 def test_every_yaml_key_is_read_by_the_code():
-    sources = "\n".join(_python_sources().values())
-    unread = sorted(k for k in known_keys() if not re.search(rf"""["']{re.escape(k)}["']""", sources))
+    reads = set().union(*(READ.findall(text) for text in _python_sources().values()))
+    unread = sorted(known_keys() - reads - set(RUN_KEYS))
     assert not unread, f"keys defined in YAML but read nowhere: {unread}"
 
 
-def test_every_key_the_code_reads_is_in_a_yaml_file():
-    pattern = re.compile(r"""config(?:\.get\(|\[)\s*["'](\w+)["']""")
-    keys = known_keys() | {"checkpoint_dir", "results_dir"}  # derived by Config itself
-    missing = sorted({(os.path.relpath(path, REPO), key) for path, text in _python_sources().items()
-                      for key in pattern.findall(text) if key not in keys})
-    assert not missing, f"keys read by the code but defined in no YAML file: {missing}"
+def test_every_key_the_code_reads_is_defined_for_each_model_that_runs_it():
+    """A read must find its key for every model whose run executes it, with any dataset (a dataset
+    YAML adds only DATASET_KEYS, and demo_* settings where it sets generate_demo: read only by the
+    code that reads generate_demo)."""
+    overall = set(layer("overall"))
+    always = overall | set(DATASET_KEYS) | set(DERIVED_KEYS) | set(RUN_KEYS)
+    demo_sets = [set(layer("dataset", d)) for d in available("dataset") if layer("dataset", d).get("generate_demo")]
+    demo_keys = {key for key in set.intersection(*demo_sets) if key.startswith("demo_")}
+    models = available("model")
+    model_keys = {model: set(layer("model", model)) for model in models}
+    scope = _model_files()
+    missing = set()
+    for path, text in _python_sources().items():
+        reads = set(READ.findall(text))
+        allowed = always | (demo_keys if "generate_demo" in reads else set())
+        missing |= {(os.path.relpath(path, REPO), key, model) for key in reads
+                    for model in scope.get(os.path.realpath(path), models)
+                    if key not in allowed | model_keys[model]}
+    missing = sorted(missing)
+    assert not missing, f"(file, key, model): keys read by the code but not defined for that model: {missing}"
+    assert {"generate_demo"} <= overall and demo_keys, "the demo dataset's settings are found"
+    scoped = {os.path.basename(path): owners for path, owners in scope.items()}
+    assert scoped["hyperlipsbase_trainer.py"] == {"HyperLipsBase"}
+    assert scoped["hyperlipsbase_process.py"] == set(models)  # HR's preprocessor runs the Base one
 
 
 def test_cli_help_lists_models_datasets_and_modes():
@@ -128,3 +175,168 @@ def test_cli_infer_missing_video_is_one_line_error(capsys, workdir):
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert code == 2 and len(errors) == 1 and "nope.mp4" in errors[0] and "Traceback" not in err
+
+
+# --- scoped keys ----------------------------------------------------------------------------------
+
+def test_key_of_another_model_names_the_models_that_own_it(tmp_path):
+    with pytest.raises(ConfigError) as error:
+        Config(model="SyncNet", dataset="demo", config_dict={"gan_weight": 0})
+    assert str(error.value) == ("gan_weight is a setting of HyperLipsBase, HyperLipsHR, not of SyncNet: "
+                                "remove it from the command line")
+    extra = tmp_path / "hr.yaml"
+    extra.write_text("lip_l1_weight: 2.0\n")
+    with pytest.raises(ConfigError, match=rf"lip_l1_weight is a setting of HyperLipsHR, not of HyperLipsBase: "
+                                          rf"remove it from {re.escape(str(extra))}"):
+        Config(model="HyperLipsBase", dataset="demo", config_files=[str(extra)])
+    assert Config(model="HyperLipsHR", dataset="demo", config_files=[str(extra)])["lip_l1_weight"] == 2.0
+
+
+def test_key_of_another_dataset_names_it():
+    with pytest.raises(ConfigError, match="demo_num_clips is a setting of dataset demo, not of MEAD"):
+        Config(model="HyperLipsBase", dataset="MEAD", config_dict={"demo_num_clips": 3})
+    assert Config(model="HyperLipsBase", dataset="demo", config_dict={"demo_num_clips": 3})["demo_num_clips"] == 3
+
+
+def test_run_keys_and_derived_keys_cannot_be_set(tmp_path):
+    extra = tmp_path / "run.yaml"
+    extra.write_text("model: SyncNet\n")
+    with pytest.raises(ConfigError, match="model is chosen with --model"):
+        Config(model="HyperLipsBase", dataset="demo", config_files=[str(extra)])
+    with pytest.raises(ConfigError, match="unknown config key 'checkpoint_dir'"):
+        Config(model="HyperLipsBase", dataset="demo", config_dict={"checkpoint_dir": "x"})
+
+
+def test_reading_an_undefined_key_is_a_config_error_not_a_key_error():
+    config = Config(model="SyncNet", dataset="MEAD")
+    with pytest.raises(ConfigError) as error:
+        config["gan_weight"]
+    assert not isinstance(error.value, KeyError)
+    assert "'gan_weight'" in str(error.value) and "SyncNet" in str(error.value) and "\n" not in str(error.value)
+    assert config.get("gan_weight") is None and "gan_weight" not in config
+
+
+@pytest.fixture
+def own_dataset(tmp_path, monkeypatch):
+    """A dataset of one's own: a two-key YAML in a folder named by TALKINGFACE_DATASET_DIRS."""
+    folder = tmp_path / "datasets"
+    folder.mkdir()
+    (folder / "mine.yaml").write_text(f"data_root: {tmp_path / 'raw'}\npreprocessed_root: {tmp_path / 'pre'}\n")
+    monkeypatch.setenv(DATASET_DIRS_ENV, str(folder))
+    return folder
+
+
+def test_a_two_key_dataset_yaml_works_for_every_model(own_dataset, tmp_path):
+    assert "mine" in available("dataset") and "demo" in available("dataset")
+    for model in available("model"):
+        config = Config(model=model, dataset="mine")
+        assert config["data_root"] == str(tmp_path / "raw") and config["generate_demo"] is False
+        assert config["checkpoint_dir"] == os.path.join("checkpoints", "mine", model)
+
+
+def test_a_dataset_yaml_without_its_roots_is_one_line(own_dataset):
+    (own_dataset / "half.yaml").write_text("data_root: somewhere\n")
+    with pytest.raises(ConfigError, match=r"half.yaml must define preprocessed_root$"):
+        Config(model="HyperLipsBase", dataset="half")
+
+
+def test_cli_preprocess_of_a_two_key_dataset_with_no_videos_is_one_line(own_dataset, tmp_path, capsys, workdir):
+    (tmp_path / "raw").mkdir()
+    code = cli_main(["--model=HyperLipsBase", "--dataset=mine", "--mode=preprocess"])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert code == 2 and len(errors) == 1 and str(tmp_path / "raw") in errors[0], err
+    assert "Traceback" not in err
+
+
+def test_every_model_builds_with_every_dataset():
+    """The shipped defaults pass their own checks."""
+    for model in available("model"):
+        for dataset in available("dataset"):
+            Config(model=model, dataset=dataset)
+
+
+# --- typed values ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("key, value, message", [
+    ("infer_batch_size", "abc", "infer_batch_size must be an integer >= 1 (got 'abc')"),
+    ("max_steps", "abc", "max_steps must be an integer >= 0 (got 'abc')"),
+    ("max_steps", 2.5, "max_steps must be an integer >= 0 (got 2.5)"),
+    ("batch_size", 0, "batch_size must be an integer >= 1 (got 0)"),
+    ("num_workers", True, "num_workers must be an integer >= 0 (got true)"),
+    ("learning_rate", 0, "learning_rate must be a number > 0 (got 0)"),
+    ("learning_rate", ".inf", "learning_rate must be a number > 0 (got inf)"),
+    ("val_ratio", 1.0, "val_ratio must be a number >= 0 and < 1 (got 1.0)"),
+    ("jpeg_quality", 101, "jpeg_quality must be an integer >= 1 and <= 100 (got 101)"),
+    ("reproducible", "sometimes", "reproducible must be true or false (got 'sometimes')"),
+    ("amp", "maybe", "amp must be one of auto, true, false (got 'maybe')"),
+    ("amp_dtype", "fp8", "amp_dtype must be one of bfloat16, float16 (got 'fp8')"),
+    ("infer_x264_preset", "quick", "infer_x264_preset must be one of ultrafast, superfast"),
+    ("adam_betas", [0.5], "adam_betas must be a list of 2 values, each a number >= 0 and < 1 (got [0.5])"),
+    ("metrics", "PSNR", "metrics must be a list of values, each a string (got 'PSNR')"),
+    ("checkpoint", [1], "checkpoint must be a path or ~ (got [1])"),
+    ("results_root", None, "results_root must be a path (got null)"),
+    ("device", 3, "device must be auto, cpu, cuda or cuda:N (got 3)"),
+])
+def test_bad_values_are_one_line(key, value, message):
+    if value == ".inf":
+        value = parse_value(".inf")
+    with pytest.raises(ConfigError) as error:
+        Config(model="HyperLipsBase", dataset="demo", config_dict={key: value})
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)
+
+
+def test_bad_value_in_a_config_file_is_found_too(tmp_path):
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("eval_interval: often\n")
+    with pytest.raises(ConfigError, match="eval_interval must be an integer >= 1 .got 'often'."):
+        Config(model="HyperLipsBase", dataset="demo", config_files=[str(extra)])
+
+
+def test_values_come_back_in_their_type(tmp_path):
+    config = Config(model="HyperLipsHR", dataset="demo", config_dict={
+        "learning_rate": 1, "max_steps": parse_value("1e3"), "checkpoint_root": 2024,
+        "hr_preprocess_workers": 3, "checkpoint": tmp_path / "x.pth", "img_size": 256})
+    assert config["learning_rate"] == 1.0 and isinstance(config["learning_rate"], float)
+    assert config["max_steps"] == 1000 and isinstance(config["max_steps"], int)
+    assert config["checkpoint_root"] == "2024" and config["checkpoint"] == str(tmp_path / "x.pth")
+    assert config["hr_preprocess_workers"] == 3 and config["img_size"] == 256
+    assert Config(model="HyperLipsHR", dataset="demo")["hr_preprocess_workers"] == "auto"
+    for mode in MODES:
+        assert Config(model="SyncNet", dataset="demo", config_dict={"mode": mode})["mode"] == mode
+
+
+@pytest.mark.parametrize("model, key, value, message", [
+    ("HyperLipsHR", "img_size", 300, "img_size of HyperLipsHR must be one of 128, 256, 512 (got 300)"),
+    ("HyperLipsBase", "img_size", 256, "img_size of HyperLipsBase must be 128: the Base generator"),
+    ("SyncNet", "img_size", 96, "img_size of SyncNet must be 128: the SyncNet expert is built for 128 px"),
+    ("SyncNet", "fps", 30, "fps must be 25: "),
+    ("HyperLipsBase", "syncnet_T", 7, "syncnet_T must be 5: the SyncNet expert reads windows of 5 frames"),
+    ("HyperLipsBase", "sample_rate", 22050, "sample_rate must be 16000: the HyperLips mel spectrogram"),
+])
+def test_values_the_networks_fix_are_rejected_with_the_reason(model, key, value, message):
+    with pytest.raises(ConfigError) as error:
+        Config(model=model, dataset="demo", config_dict={key: value})
+    assert str(error.value).startswith(message), str(error.value)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model=HyperLipsBase", "--mode=infer", "--infer_batch_size=abc", "--video=v.mp4", "--audio=a.wav"],
+     "error: infer_batch_size must be an integer >= 1 (got 'abc')"),
+    (["--model=SyncNet", "--max_steps=abc"], "error: max_steps must be an integer >= 0 (got 'abc')"),
+    (["--model=SyncNet", "--gan_weight=0"],
+     "error: gan_weight is a setting of HyperLipsBase, HyperLipsHR, not of SyncNet: remove it from the command line"),
+    (["--model=HyperLipsHR", "--img_size=300"], "error: img_size of HyperLipsHR must be one of 128, 256, 512 (got 300)"),
+])
+def test_cli_bad_values_fail_before_any_work(argv, message, capsys, workdir):
+    code = cli_main(argv + ["--dataset=demo"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == [message]
+    assert not list(workdir.iterdir()), "nothing is generated, preprocessed or logged"
+
+
+def test_the_entry_point_takes_its_modes_from_the_config():
+    import run_talkingface
+    assert not hasattr(run_talkingface, "MODES")
+    for mode in MODES:
+        assert parse_args(["--model=SyncNet", f"--mode={mode}"])[0].mode == mode

@@ -5,21 +5,17 @@ import torch
 from torch.utils.data import DataLoader
 
 from talkingface.config import Config
-from talkingface.data.dataprocess.hyperlipsbase_process import HyperLipsBasePreprocessor
 from talkingface.data.dataset.clip import Clip
 from talkingface.data.dataset.hyperlipsbase_dataset import HyperLipsBaseDataset, reference_start
+from talkingface.data.dataset.sampler import ResumableSampler, SeededItems
 from talkingface.data.dataset.syncnet_dataset import SyncNetDataset, window_starts
 from talkingface.utils.audio import mel_chunk
 from talkingface.utils.registry import DATASETS
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("datasets")
-    values = dict(data_root=str(tmp / "data"), preprocessed_root=str(tmp / "pre"), num_preprocess_workers=1,
-                  demo_num_clips=3, demo_clip_seconds=2.0)
-    HyperLipsBasePreprocessor(Config(model="HyperLipsBase", dataset="demo", config_dict=values)).run()
-    return values
+def prepared(demo_base_data):
+    return demo_base_data
 
 
 def make(prepared, model="HyperLipsBase", **overrides):
@@ -155,3 +151,36 @@ def test_dataloader_batches(prepared):
     loader = DataLoader(SyncNetDataset(make(prepared, model="SyncNet"), "train"), batch_size=4, num_workers=0)
     batch = next(iter(loader))
     assert batch["face"].shape == (4, 15, 64, 128) and batch["label"].shape == (4, 1)
+
+
+def test_resumable_sampler_continues_an_epoch_and_splits_ranks():
+    sampler = ResumableSampler(10, seed=7)
+    sampler.set_epoch(3)
+    epoch = list(sampler)
+    assert sorted(index for index, _ in epoch) == list(range(10)) and len({s for _, s in epoch}) == 10
+    sampler.set_epoch(3, start=4)
+    assert len(sampler) == 6 and list(sampler) == epoch[4:]          # the rest of the same epoch
+    assert list(sampler) != epoch                                     # iterated again: the next epoch
+    sampler.set_epoch(4)
+    assert [i for i, _ in sampler] != [i for i, _ in epoch]
+    ranks = [ResumableSampler(10, seed=7, rank=r, world_size=3) for r in range(3)]
+    for rank in ranks:
+        rank.set_epoch(3)
+    shares = [list(rank) for rank in ranks]
+    assert [len(share) for share in shares] == [4, 4, 4]             # padded like DistributedSampler
+    assert sorted(set(i for share in shares for i, _ in share)) == list(range(10))
+    assert [i for share in zip(*shares) for i, _ in share][:10] == [i for i, _ in epoch]
+
+
+def test_training_items_do_not_depend_on_the_workers_that_make_them(prepared):
+    dataset = SeededItems(SyncNetDataset(make(prepared, model="SyncNet"), "train"))
+    sampler = ResumableSampler(12, seed=1)
+    batches = []
+    for workers in (0, 2):
+        sampler.set_epoch(5, start=2)
+        loader = DataLoader(dataset, batch_size=2, sampler=sampler, num_workers=workers)
+        batches.append(list(loader))
+    assert len(batches[0]) == 5
+    for a, b in zip(*batches):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(batches[0][0]["face"], batches[0][1]["face"])

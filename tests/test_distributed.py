@@ -1,38 +1,31 @@
 """DistributedDataParallel on the CPU: two gloo ranks train in step and end with equal weights."""
 import os
-import socket
 
 import torch
 import torch.multiprocessing as mp
 
 from talkingface.utils.checkpoint import latest_checkpoint
-
-
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from builders import LINE, LineTrainer, free_port, make_config
 
 
 def _rank_main(rank, world_size, port, workdir, resume_from_single):
     os.chdir(workdir)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size))
-    from test_trainer import LineTrainer, make_config
     from talkingface.utils import distributed as dist_utils
-    config = make_config(max_steps=10 if resume_from_single else 6, checkpoint_interval=3)
+    config = make_config("SyncNet", **dict(LINE, max_steps=10 if resume_from_single else 6, checkpoint_interval=3))
     config["device"] = dist_utils.setup_distributed(config["device"])
     torch.manual_seed(1000 + rank)   # different per rank: DDP must broadcast rank 0's weights
     trainer = LineTrainer(config)
     trainer.fit()
-    torch.save({n: p.detach().clone() for n, p in trainer.raw(trainer.networks["line"]).named_parameters()},
+    torch.save({n: p.detach().clone() for n, p in trainer.unwrap(trainer.networks["line"]).named_parameters()},
                os.path.join(workdir, f"rank{rank}.pt"))
     torch.save(trainer.global_step, os.path.join(workdir, f"step{rank}.pt"))
     dist_utils.cleanup_distributed()
 
 
 def _run_two_ranks(workdir, resume_from_single=False):
-    mp.spawn(_rank_main, args=(2, _free_port(), str(workdir), resume_from_single), nprocs=2, join=True)
+    mp.spawn(_rank_main, args=(2, free_port(), str(workdir), resume_from_single), nprocs=2, join=True)
     weights = [torch.load(workdir / f"rank{r}.pt") for r in range(2)]
     steps = [torch.load(workdir / f"step{r}.pt") for r in range(2)]
     return weights, steps
@@ -49,8 +42,7 @@ def test_two_gloo_ranks_end_with_identical_weights(workdir):
 
 
 def test_single_process_checkpoint_resumes_under_ddp(workdir):
-    from test_trainer import LineTrainer, make_config
-    LineTrainer(make_config(max_steps=6, checkpoint_interval=3)).fit()
+    LineTrainer(make_config("SyncNet", **dict(LINE, max_steps=6, checkpoint_interval=3))).fit()
     weights, steps = _run_two_ranks(workdir, resume_from_single=True)
     assert steps == [10, 10]
     for name in weights[0]:

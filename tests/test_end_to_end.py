@@ -47,3 +47,14 @@ def test_every_stage_chains_by_default_paths(workdir):
     info, source = probe_video("out.mp4"), probe_video(video)
     assert info.has_audio and (info.width, info.height) == (source.width, source.height)
     assert info.n_frames == 50
+
+    # Base trained further after HR: evaluating HR runs on the Base checkpoint its data came from
+    # (the log says so) and keeps the HR data that checkpoint was trained on.
+    hr_data = sorted(os.listdir("dataset/demo/preprocessed/hr_128"))
+    assert stage("HyperLipsBase", "--max_steps=3", "--batch_size=1", "--evaluate_after_training=false") == 0
+    assert stage("HyperLipsHR", "--mode=evaluate", "--eval_split=val", "--metrics=[PSNR]") == 0
+    metrics = json.load(open("results/demo/HyperLipsHR/metrics.json"))
+    assert metrics["split"] == "val" and metrics["base_checkpoint"]["step"] == 2
+    with open("results/demo/HyperLipsHR/run.log") as f:
+        assert "runs on the Base checkpoint it was trained on" in f.read().split("mode evaluate")[-1]
+    assert sorted(os.listdir("dataset/demo/preprocessed/hr_128")) == hr_data

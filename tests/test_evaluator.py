@@ -212,6 +212,87 @@ def test_lmd_skips_and_counts_frames_without_face(config, face_crop):
     assert values == {"LMD": 0.0, "LMD-frames": 1, "LMD-skipped": 1}
 
 
+# --- LipJitter ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def face_crops(samples_dir):
+    """12 consecutive real face crops (256 px) of a sample clip and their lip landmarks."""
+    from talkingface.utils.face import FaceDetector, FaceMesh, crop_resize, pad_box
+    from talkingface.utils.video import iter_frames
+    frames = []
+    for frame in iter_frames(samples_dir / "video2.mp4"):
+        frames.append(frame)
+        if len(frames) == 12:
+            break
+    with FaceDetector() as detector:
+        box = pad_box(detector.detect(frames[0])[0], 10, frames[0].shape[1], frames[0].shape[0])
+    crops = np.stack([crop_resize(f, box, 256) for f in frames])    # one box: the real motion stays
+    with FaceMesh() as mesh:
+        lips = [mesh.landmarks(c)[M.lip_landmark_indices()] for c in crops]
+    return crops, lips
+
+
+def _move_mouth(crop, lips, dy):
+    """Shift the mouth region of a crop by dy pixels (smooth fall-off around the lips)."""
+    cx, cy = lips.mean(0)
+    radius = 1.3 * (lips[:, 0].max() - lips[:, 0].min()) / 2
+    ys, xs = np.mgrid[0:crop.shape[0], 0:crop.shape[1]].astype(np.float32)
+    weight = np.clip(1.5 - np.hypot(xs - cx, ys - cy) / radius, 0, 1)
+    return cv2.remap(crop, xs, (ys - dy * weight).astype(np.float32), cv2.INTER_LINEAR,
+                     borderMode=cv2.BORDER_REFLECT)
+
+
+def test_lip_jitter_is_zero_for_a_real_clip_and_grows_with_mouth_jitter(config, face_crops):
+    crops, lips = face_crops
+    jitter = M.LipJitter(config)
+    same = jitter.compute(M.EvalSample("same", crops, crops.copy()))
+    assert same == {"LipJitter": 0.0, "LipJitter-pairs": len(crops) - 1}
+    offsets = np.where(np.arange(len(crops)) % 2, -4.0, 4.0)                 # per-frame shake
+    shaken = np.stack([_move_mouth(c, l, dy) for c, l, dy in zip(crops, lips, offsets)])
+    steady = np.stack([_move_mouth(c, l, 4.0) for c, l in zip(crops, lips)])  # same shift every frame
+    shaken_value = jitter.compute(M.EvalSample("shaken", shaken, crops))["LipJitter"]
+    steady_sample = M.EvalSample("steady", steady, crops)
+    steady_value = jitter.compute(steady_sample)["LipJitter"]
+    lmd = M.LMD(config).compute(steady_sample)["LMD"]      # reuses the sample's landmarks
+    jitter.finish()
+    assert shaken_value > 0.01                     # > 2.5 px per frame at 256 px
+    assert shaken_value > 3 * steady_value         # jitter, not position, is what it measures
+    assert lmd > 2 * steady_value                  # while LMD sees the constant offset
+
+
+def test_lip_velocity_difference_by_hand():
+    still = [np.zeros((2, 2)), np.zeros((2, 2)), np.zeros((2, 2))]
+    moving = [np.zeros((2, 2)), np.full((2, 2), 3.0), None]     # frame 2: no mesh, pair 1-2 skipped
+    assert M.lip_velocity_difference(moving, still, crop_side=100) == [pytest.approx(np.hypot(3, 3) / 100)]
+    assert M.lip_velocity_difference(still, still, 100) == [0.0, 0.0]
+
+
+# --- LSE crop geometry ---------------------------------------------------------------------------
+
+def test_syncnet_crop_matches_hand_computed_bounds():
+    from talkingface.evaluator.syncnet_v2 import syncnet_crop
+    frame = np.random.default_rng(3).integers(0, 256, (200, 300, 3)).astype(np.uint8)
+    # box x 100..160, y 50..130: half size 40, centre (130, 90); context 0.4:
+    # rows 90-40 = 50 .. 90+40*1.8 = 162, columns 130-40*1.4 = 74 .. 186
+    crop = syncnet_crop(frame, 130.0, 90.0, 40.0)
+    np.testing.assert_array_equal(crop, cv2.resize(frame[50:162, 74:186], (224, 224)))
+    # near the top-left corner the crop reaches past the frame: those pixels are grey 110
+    corner = syncnet_crop(frame, 20.0, 20.0, 40.0)    # rows -20..92, columns -36..76
+    expected = np.full((112, 112, 3), 110, np.uint8)
+    expected[20:, 36:] = frame[0:92, 0:76]
+    np.testing.assert_array_equal(corner, cv2.resize(expected, (224, 224)))
+
+
+def test_syncnet_crop_geometry_median_filters_boxes():
+    from talkingface.evaluator.syncnet_v2 import syncnet_crop_geometry
+    boxes = np.tile([100.0, 50.0, 160.0, 130.0], (30, 1))
+    boxes[15] += [40, 40, 40, 40]                         # one jumpy detection
+    centre_x, centre_y, half = syncnet_crop_geometry(boxes)
+    np.testing.assert_array_equal(centre_x[6:24], 130.0)  # the outlier is gone
+    np.testing.assert_array_equal(centre_y[6:24], 90.0)
+    np.testing.assert_array_equal(half, 40.0)             # 6 zeros of padding never win a median of 13
+
+
 # --- missing weights -----------------------------------------------------------------------------
 
 def test_missing_weights_give_one_line_and_fallback(config, metric_log):

@@ -27,18 +27,23 @@ def _synthetic_frames(n, size, seed):
 
 
 def _write_clip(root, clip_id, n_frames, seed):
+    """A preprocessed clip whose source video (source/<clip_id>.mp4, 256x256) is its crops' frame."""
     from talkingface.utils.audio import melspectrogram, save_wav
+    from talkingface.utils.video import VideoWriter
     folder = os.path.join(root, clip_id)
     os.makedirs(folder)
-    for k, frame in enumerate(_synthetic_frames(n_frames, 256, seed)):
-        cv2.imwrite(os.path.join(folder, f"{k}.jpg"), frame, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    source = os.path.abspath(os.path.join("source", f"{clip_id}.mp4"))
+    with VideoWriter(source, FPS) as writer:
+        for k, frame in enumerate(_synthetic_frames(n_frames, 256, seed)):
+            cv2.imwrite(os.path.join(folder, f"{k}.jpg"), frame, [cv2.IMWRITE_JPEG_QUALITY, 95])
+            writer.write(frame)
     t = np.arange(n_frames * SR // FPS) / SR
     wav = (0.3 * np.sin(2 * np.pi * 440 * t) * (1 + np.sin(2 * np.pi * 3 * t)) / 2).astype(np.float32)
     save_wav(os.path.join(folder, "audio.wav"), wav)
     np.save(os.path.join(folder, "mel.npy"), melspectrogram(wav))
     np.save(os.path.join(folder, "boxes.npy"), np.tile(np.float32([0, 0, 256, 256]), (n_frames, 1)))
     with open(os.path.join(folder, "meta.json"), "w") as f:
-        json.dump({"source": f"{clip_id}.mp4", "fps": FPS, "n_frames": n_frames, "width": 256,
+        json.dump({"source": source, "fps": FPS, "n_frames": n_frames, "width": 256,
                    "height": 256, "first_frame": 0}, f)
     open(os.path.join(folder, ".done"), "w").close()
 
@@ -54,20 +59,28 @@ class TinyFeatures(nn.Module):
         return self.proj(nn.functional.adaptive_avg_pool2d(x, 4).flatten(1))
 
 
-class FakeTrainer:
-    """generate_clip: the clip's own frames at 128 px ('exact') or with noise ('noisy')."""
-    global_step = 7
+class FakeSyncer:
+    """LipSyncer's interface: run(source, wav, output) writes the source frames to `output` (with
+    noise on the calls numbered in `noisy_calls`, counted from 0 in filelist order) and gives a
+    face box over the whole frame."""
+    device = torch.device("cpu")
 
-    def __init__(self):
-        self.requested = {}
+    def __init__(self, noisy_calls=()):
+        self.requested, self.noisy_calls = [], noisy_calls
 
-    def generate_clip(self, clip):
-        self.requested[clip.id] = clip.n_frames
-        frames = np.stack([clip.frame(k, 128) for k in range(clip.n_frames)])
-        if clip.id == "noisy":
-            noise = np.random.default_rng(0).integers(-20, 21, frames.shape)
-            frames = np.clip(frames.astype(int) + noise, 0, 255).astype(np.uint8)
-        return frames
+    def run(self, source, wav, output):
+        from talkingface.inference.pipeline import InferenceResult
+        from talkingface.utils.video import VideoWriter
+        frames = list(source.scan(max_frames=len(wav) // 640))
+        self.requested.append(len(frames))
+        if len(self.requested) - 1 in self.noisy_calls:
+            noise = np.random.default_rng(0).integers(-20, 21, np.shape(frames))
+            frames = list(np.clip(np.asarray(frames, int) + noise, 0, 255).astype(np.uint8))
+        with VideoWriter(output, FPS) as writer:
+            for frame in frames:
+                writer.write(frame)
+        boxes = np.tile(np.float32([0, 0, 256, 256]), (len(frames), 1))
+        return InferenceResult(output, len(frames), len(frames), boxes, 0.0, 0)
 
 
 def test_evaluate_writes_metrics_json_table_and_samples(workdir):
@@ -89,19 +102,22 @@ def test_evaluate_writes_metrics_json_table_and_samples(workdir):
     config = Config(model="HyperLipsBase", dataset="demo", config_dict={
         "device": "cpu", "metrics": ["PSNR", "SSIM", "LMD", "LSE", "FID"], "eval_max_frames": 8,
         "eval_num_sample_videos": 1, "inception_path": "fid.pt", "syncnet_v2_path": "missing/syncnet_v2.model"})
-    trainer = FakeTrainer()
-    results = Evaluator(config).evaluate(trainer, split="val")
+    syncer = FakeSyncer(noisy_calls={1})
+    results = Evaluator(config).evaluate(syncer, split="val", provenance={"global_step": 7})
 
-    assert trainer.requested == {"exact": 8, "noisy": 8}      # frame cap reaches generate_clip
+    assert syncer.requested == [8, 8]      # the frame cap reaches the generation
     with open(os.path.join(config["results_dir"], "metrics.json")) as f:
         saved = _strict_json(f.read())
     assert saved["clips"] == 2 and saved["global_step"] == 7 and saved["split"] == "val"
+    assert saved["frames"] == 16 and saved["reference_frame"] == "first" and saved["precision"] == "fp32"
+    assert saved["tracker"]["face_max_gap"] == 5 and saved["crop_size"] == 256
     assert saved["metrics"] == ["PSNR", "SSIM", "LMD", "FID", "SyncScore"]   # SyncScore stands in for LSE
     assert "syncnet_v2" in saved["skipped"]["LSE"]
     exact, noisy = saved["per_clip"]["exact"], saved["per_clip"]["noisy"]
-    assert exact["PSNR"] == "inf" and exact["SSIM"] == 1.0 and exact["frames"] == 8
-    assert 15 < noisy["PSNR"] < 40 and noisy["SSIM"] < 1
-    assert saved["mean"]["PSNR"] == "inf" and results["mean"]["PSNR"] == float("inf")
+    # the output is scored as written to the mp4 (x264 crf 18): an exact copy loses a little
+    assert exact["PSNR"] > 33 and exact["SSIM"] > 0.95 and exact["frames"] == 8
+    assert 15 < noisy["PSNR"] < exact["PSNR"] - 5 and noisy["SSIM"] < exact["SSIM"]
+    assert saved["mean"]["PSNR"] == results["mean"]["PSNR"] == pytest.approx((exact["PSNR"] + noisy["PSNR"]) / 2)
     # no face in synthetic frames: LMD has no value, every frame counted as skipped
     assert exact["LMD"] is None and saved["mean"]["LMD-skipped"] == 16
     assert np.isfinite(noisy["SyncScore-C"]) and "SyncScore-C" in saved["mean"]
@@ -145,9 +161,36 @@ def test_score_cli_on_real_video(samples_dir):
     assert result["mean"]["PSNR"] == "inf" and result["mean"]["LMD"] == 0.0 and result["mean"]["LMD-frames"] == 8
 
 
-def test_evaluate_uses_trainer_reference_clip_and_caps_clips(workdir):
+@pytest.mark.slow
+def test_score_feeds_lse_the_syncnet_python_crops_of_the_full_frames(samples_dir, tmp_path, monkeypatch, capsys):
+    """On videos the scorer cuts LSE's input from the full generated frames with syncnet_python's
+    geometry around the detected face (its box without our chin pad), not from the face crops."""
+    from talkingface.evaluator import score, syncnet_v2
+    torch.manual_seed(0)
+    weights = tmp_path / "syncnet_v2.model"
+    torch.save(syncnet_v2.SyncNetV2().state_dict(), weights)
+    fed = []
+    real_embeddings = syncnet_v2.syncnet_v2_embeddings
+    monkeypatch.setattr(syncnet_v2, "syncnet_v2_embeddings",
+                        lambda net, frames, *rest: fed.append(frames) or real_embeddings(net, frames, *rest))
+    video = str(samples_dir / "video1.mp4")
+    assert score.main(["--generated", video, "--real", video, "--metrics", "LSE", "--max_frames", "12",
+                       "--syncnet_v2", str(weights), "--device", "cpu"]) == 0
+    result = _strict_json(capsys.readouterr().out)
+    assert isinstance(result["mean"]["LSE-C"], float) and isinstance(result["mean"]["LSE-D"], float)
+
+    frames = score.read_video(video, 12)
+    config = score.score_config(score.parse_args(["--generated", video, "--real", video]))
+    boxes = score.detect_boxes(frames, config).astype(np.float64)
+    boxes[:, 3] -= config["face_pad_bottom"]
+    np.testing.assert_array_equal(fed[0], syncnet_v2.syncnet_crops(frames, boxes))
+    assert fed[0].shape == (12, 224, 224, 3)
+
+
+def test_evaluate_caps_clips_and_needs_the_source_videos(workdir):
     from talkingface.config import Config
     from talkingface.evaluator import Evaluator
+    from talkingface.utils.errors import InputError
 
     root = "dataset/demo/preprocessed"
     for seed, clip_id in enumerate(("a", "b", "c")):
@@ -156,15 +199,15 @@ def test_evaluate_uses_trainer_reference_clip_and_caps_clips(workdir):
     with open(f"{root}/filelists/test.txt", "w") as f:
         f.write("a\nb\nc\n")
 
-    class HRLikeTrainer(FakeTrainer):
-        def generate_clip(self, clip):
-            return np.full((clip.n_frames, 96, 96, 3), 7, np.uint8)
-
-        def reference_clip(self, clip):     # its own ground truth, at its own size
-            return np.full((clip.n_frames, 96, 96, 3), 7, np.uint8)
-
     config = Config(model="HyperLipsBase", dataset="demo", config_dict={
         "device": "cpu", "metrics": ["PSNR"], "eval_max_clips": 2, "eval_num_sample_videos": 0})
-    results = Evaluator(config).evaluate(HRLikeTrainer(), split="test")
-    assert list(results["per_clip"]) == ["a", "b"] and results["mean"]["PSNR"] == float("inf")
+    syncer = FakeSyncer()
+    results = Evaluator(config).evaluate(syncer, split="test")
+    assert list(results["per_clip"]) == ["a", "b"] and results["mean"]["PSNR"] > 30
+    assert syncer.requested == [6, 6] and results["frames"] == 12 and results["max_clips"] == 2
     assert not os.path.exists(os.path.join(config["results_dir"], "samples"))
+
+    os.remove("source/c.mp4")       # a clip whose source video is gone: one line, before any generation
+    config["eval_max_clips"] = 0
+    with pytest.raises(InputError, match="source videos of 1 clip.*c"):
+        Evaluator(config).evaluate(FakeSyncer(), split="test")

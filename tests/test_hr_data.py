@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from talkingface.config import Config
-from talkingface.data.dataprocess.hyperlipshr_process import (
-    IMAGE_FOLDERS, HyperLipsHRPreprocessor, default_lip_box, fill_missing_landmarks, frame_path, hr_root,
-    write_hr_clip)
+from talkingface.data.dataprocess.hyperlipshr_process import (HyperLipsHRPreprocessor, default_lip_box,
+                                                             fill_missing_landmarks, write_hr_clip)
 from talkingface.data.dataset.clip import Clip, read_filelist
+from talkingface.data.dataset.hr_layout import IMAGE_FOLDERS, frame_path, hr_root
 from talkingface.data.dataset.hyperlipshr_dataset import HyperLipsHRDataset, decoder_input
 from talkingface.utils.checkpoint import checkpoint_path, save_checkpoint_file
 from talkingface.utils.errors import CheckpointError
 from talkingface.utils.registry import PREPROCESSORS
+from builders import make_config
 
 CUT_SECONDS = 1.0
 
@@ -29,13 +29,11 @@ def cut_clip(source, target, seconds):
                     "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", str(target)], check=True)
 
 
-def make_config(root, **overrides):
-    values = dict(data_root=str(root / "data"), preprocessed_root=str(root / "pre"),
-                  checkpoint_root=str(root / "checkpoints"), results_root=str(root / "results"),
-                  num_preprocess_workers=1, hr_preprocess_workers=0, hr_base_batch_size=8,
-                  val_ratio=0.0, test_ratio=0.0, device="cpu")
-    values.update(overrides)
-    return Config(model="HyperLipsHR", dataset="MEAD", config_dict=values)
+def hr_data_config(root, **overrides):
+    """HyperLipsHR on MEAD-layout videos under root/data, every clip in the training split."""
+    values = dict(data_root=str(root / "data"), preprocessed_root=str(root / "pre"), num_preprocess_workers=1,
+                  hr_preprocess_workers=0, hr_base_batch_size=8, val_ratio=0.0, test_ratio=0.0)
+    return make_config("HyperLipsHR", root, "MEAD", **{**values, **overrides})
 
 
 def save_random_base_checkpoint(config, step=1, seed=0):
@@ -53,7 +51,7 @@ def base_data(samples_dir, tmp_path_factory):
     """Base-preprocessed 1-s cut of a sample clip and a random-init Base checkpoint."""
     root = tmp_path_factory.mktemp("hr")
     cut_clip(samples_dir / "video1.mp4", root / "data" / "speaker" / "clip1.mp4", CUT_SECONDS)
-    config = make_config(root)
+    config = hr_data_config(root)
     base = PREPROCESSORS.get("HyperLipsBasePreprocessor")(config)
     base.run()
     save_random_base_checkpoint(config)
@@ -62,13 +60,13 @@ def base_data(samples_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def hr_data(base_data):
-    config = make_config(base_data)
+    config = hr_data_config(base_data)
     HyperLipsHRPreprocessor(config).run()
     return base_data
 
 
 def test_missing_base_checkpoint_is_a_one_line_error(base_data, tmp_path):
-    config = make_config(base_data, checkpoint_root=str(tmp_path / "empty"))
+    config = hr_data_config(base_data, checkpoint_root=str(tmp_path / "empty"))
     pre = HyperLipsHRPreprocessor(config)
     assert pre.is_stale()
     with pytest.raises(CheckpointError) as info:
@@ -80,9 +78,10 @@ def test_missing_base_checkpoint_is_a_one_line_error(base_data, tmp_path):
 
 
 def test_layout_has_every_frame_without_gaps(hr_data):
-    config = make_config(hr_data)
+    config = hr_data_config(hr_data)
     root = hr_root(config)
-    assert root == os.path.join(config["preprocessed_root"], "hr_128")
+    assert os.path.dirname(root) == os.path.join(config["preprocessed_root"], "hr_128")
+    assert os.path.basename(root).startswith("base_")   # keyed by the Base checkpoint's content
     clips = read_filelist(config, "train")
     assert clips
     for clip_dir in clips:
@@ -102,7 +101,7 @@ def test_layout_has_every_frame_without_gaps(hr_data):
 
 
 def test_lip_mask_and_sketch_of_real_frames_lie_on_the_face(hr_data):
-    config = make_config(hr_data)
+    config = hr_data_config(hr_data)
     clip = Clip(read_filelist(config, "train")[0])
     folder = os.path.join(hr_root(config), clip.id)
     meta = json.load(open(os.path.join(folder, "meta.json")))
@@ -129,7 +128,7 @@ def test_lip_mask_and_sketch_of_real_frames_lie_on_the_face(hr_data):
 
 
 def test_frames_without_a_face_are_interpolated_not_dropped(hr_data, tmp_path):
-    config = make_config(hr_data)
+    config = hr_data_config(hr_data)
     clip = Clip(read_filelist(config, "train")[0])
     # HYPER: real faces except two black frames (what an untrained Base model may give).
     hyper = np.stack([clip.frame(k, 128) for k in range(clip.n_frames)])
@@ -158,15 +157,15 @@ def test_fill_missing_landmarks():
 
 
 def test_dataset_items(hr_data):
-    config = make_config(hr_data)
+    config = hr_data_config(hr_data)
     dataset = HyperLipsHRDataset(config, "train")
     assert len(dataset) == sum(Clip(d).n_frames for d in read_filelist(config, "train"))
     item = dataset[len(dataset) - 1]
     assert item["input"].shape == (6, 128, 128) and item["input"].dtype == torch.float32
-    assert item["gt"].shape == (3, 128, 128) and item["mask"].shape == (1, 128, 128)
+    assert set(item) == {"input", "gt", "lip_box"}      # GT_MASK only gives the lip boxes
+    assert item["gt"].shape == (3, 128, 128)
     assert item["lip_box"].shape == (4,) and item["lip_box"].dtype == torch.int64
     assert set(torch.unique(item["input"][3:]).tolist()) <= {0.0, 1.0}   # the binarised sketch
-    assert set(torch.unique(item["mask"]).tolist()) <= {0.0, 1.0}
     x1, y1, x2, y2 = item["lip_box"].tolist()
     assert 0 <= x1 < x2 <= 128 and 0 <= y1 < y2 <= 128
     with pytest.raises(IndexError):
@@ -185,7 +184,7 @@ def test_decoder_input_recipe():
 
 
 def test_staleness_and_resume(hr_data):
-    config = make_config(hr_data)
+    config = hr_data_config(hr_data)
     pre = HyperLipsHRPreprocessor(config)
     assert not pre.is_stale()
     clip = Clip(read_filelist(config, "train")[0])
@@ -200,18 +199,18 @@ def test_staleness_and_resume(hr_data):
     assert os.path.isfile(frame_path(folder, "HYPER_SKETCH", 3))
     assert os.stat(os.path.join(hr_root(config), "state.json")).st_mtime_ns == state_before  # resumed, not redone
     # Another resolution lives in its own folder: no YAML edit, no clash.
-    assert HyperLipsHRPreprocessor(make_config(hr_data, img_size=256)).root.endswith("hr_256")
-    assert HyperLipsHRPreprocessor(make_config(hr_data, img_size=256)).is_stale()
+    assert os.path.basename(os.path.dirname(HyperLipsHRPreprocessor(hr_data_config(hr_data, img_size=256)).root)) == "hr_256"
+    assert HyperLipsHRPreprocessor(hr_data_config(hr_data, img_size=256)).is_stale()
 
 
 def test_new_base_checkpoint_makes_the_data_stale(hr_data):
-    config = make_config(hr_data)
+    config = hr_data_config(hr_data)
     pre = HyperLipsHRPreprocessor(config)
     assert not pre.is_stale()
     path = save_random_base_checkpoint(config, step=2, seed=1)
     try:
         assert pre.is_stale()
-        explicit = make_config(hr_data, base_checkpoint=checkpoint_path(
+        explicit = hr_data_config(hr_data, base_checkpoint=checkpoint_path(
             os.path.join(config["checkpoint_root"], "MEAD", "HyperLipsBase"), 1))
         assert not HyperLipsHRPreprocessor(explicit).is_stale()   # pinned to the checkpoint it was made from
     finally:
@@ -226,7 +225,7 @@ def test_default_lip_box_is_in_the_lower_face():
 
 
 def test_gt_above_the_base_crop_size_is_recut_from_the_source_video(hr_data, tmp_path):
-    config = make_config(hr_data)
+    config = hr_data_config(hr_data)
     clip = Clip(read_filelist(config, "train")[0])
     assert clip.meta["crop_size"] == 256
     hyper = np.stack([clip.frame(k, 128) for k in range(clip.n_frames)])
@@ -246,8 +245,8 @@ def test_gt_above_the_base_crop_size_is_recut_from_the_source_video(hr_data, tmp
 
 @pytest.mark.slow
 def test_a_worker_pool_makes_the_same_data(hr_data, tmp_path):
-    config = make_config(hr_data)
-    pooled = make_config(hr_data, preprocessed_root=str(tmp_path / "pre"), hr_preprocess_workers=1)
+    config = hr_data_config(hr_data)
+    pooled = hr_data_config(hr_data, preprocessed_root=str(tmp_path / "pre"), hr_preprocess_workers=1)
     import shutil
     shutil.copytree(config["preprocessed_root"], pooled["preprocessed_root"],
                     ignore=shutil.ignore_patterns("hr_*"))

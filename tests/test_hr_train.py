@@ -6,30 +6,13 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from talkingface.config import Config
-from talkingface.trainer.hyperlipshr_trainer import (LPIPS_CHANNELS, LPIPSVGG, VGG16_LAYERS, VGG19_LAYERS,
-                                                     HyperLipsHRTrainer, VGG19Perceptual, box_masks, lip_l1,
-                                                     relativistic_loss, vgg_features)
+from talkingface.model.losses import (LPIPS_CHANNELS, LPIPSVGG, VGG16_LAYERS, VGG19_LAYERS, VGG19Perceptual,
+                                      lip_l1, relativistic_loss, vgg_features)
+from talkingface.trainer.hyperlipshr_trainer import HyperLipsHRTrainer
 from talkingface.utils.errors import CheckpointError
 from talkingface.utils.gradients import GradientRecorder, relative_difference
+from builders import hr_batch, hr_config
 from step_checks import flat_gradients, record_seed_ratios
-
-
-def make_config(root, **overrides):
-    values = dict(checkpoint_root=str(root / "checkpoints"), results_root=str(root / "results"),
-                  preprocessed_root=str(root / "pre"), device="cpu", num_workers=0, batch_size=2,
-                  vgg19_path=str(root / "missing_vgg19.pth"), lpips_path=str(root / "missing_lpips.pth"),
-                  lpips_vgg16_path=str(root / "missing_vgg16.pth"))
-    values.update(overrides)
-    return Config(model="HyperLipsHR", dataset="MEAD", config_dict=values)
-
-
-def random_batch(batch, size, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    boxes = torch.tensor([[size // 4, size // 2, 3 * size // 4, 7 * size // 8]] * batch)
-    return {"input": torch.rand(batch, 6, 128, 128, generator=generator),
-            "gt": torch.rand(batch, 3, size, size, generator=generator),
-            "mask": box_masks(boxes, size, torch.float32), "lip_box": boxes}
 
 
 def parameters(network):
@@ -38,7 +21,7 @@ def parameters(network):
 
 @pytest.mark.parametrize("size", [128, 256, pytest.param(512, marks=pytest.mark.slow)])
 def test_one_step_trains_the_decoder_at_every_size(tmp_path, size):
-    trainer = HyperLipsHRTrainer(make_config(tmp_path, img_size=size))
+    trainer = HyperLipsHRTrainer(hr_config(tmp_path, img_size=size))
     generator, discriminator = trainer.networks["generator"], trainer.networks["discriminator"]
     assert generator.rescaling == size // 128
     # The Base model is not part of HR training at all (its outputs are precomputed).
@@ -46,14 +29,14 @@ def test_one_step_trains_the_decoder_at_every_size(tmp_path, size):
     modules += list(trainer.networks.values())
     assert not any(type(m).__name__ == "HyperLipsBase" for net in modules for m in net.modules())
     g_before, d_before = parameters(generator), parameters(discriminator)
-    losses = trainer.train_step(random_batch(1, size))
+    losses = trainer.train_step(hr_batch(1, size))
     assert {"l1", "lip_l1", "gan", "loss", "disc"} <= set(losses)
     assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
     assert any(not torch.equal(a, b) for a, b in zip(g_before, generator.parameters()))
     assert any(not torch.equal(a, b) for a, b in zip(d_before, discriminator.parameters()))
     trainer._set_mode(False)
     with torch.no_grad():
-        values = trainer.validation_step(random_batch(1, size, seed=1))
+        values = trainer.validation_step(hr_batch(1, size, seed=1))
     assert {"l1", "lip_l1", "psnr"} <= set(values)
 
 
@@ -69,14 +52,14 @@ def test_train_step_gives_the_official_step_order_gradients(tmp_path, weights, g
     import copy
 
     torch.manual_seed(0)
-    trainer = HyperLipsHRTrainer(make_config(tmp_path, **weights))
+    trainer = HyperLipsHRTrainer(hr_config(tmp_path, **weights))
     if gan_path == "through_d":
         trainer.MAX_SEED_RATIO = 0.0
     ratios = record_seed_ratios(trainer)
     generator, discriminator = trainer.networks["generator"], trainer.networks["discriminator"]
     ref_generator, ref_discriminator = copy.deepcopy(generator), copy.deepcopy(discriminator)
     trainer.optimizers = {name: GradientRecorder(network.parameters()) for name, network in trainer.networks.items()}
-    batch = random_batch(2, 128)
+    batch = hr_batch(2, 128)
     trainer.train_step(batch)
     assert len(ratios) == 1 and (ratios[0] is None) == (gan_path == "through_d")
 
@@ -97,7 +80,7 @@ def test_train_step_gives_the_official_step_order_gradients(tmp_path, weights, g
 
 
 def test_optimizers_follow_the_yaml(tmp_path):
-    trainer = HyperLipsHRTrainer(make_config(tmp_path, learning_rate=3e-4, disc_learning_rate=7e-4))
+    trainer = HyperLipsHRTrainer(hr_config(tmp_path, learning_rate=3e-4, disc_learning_rate=7e-4))
     g, d = trainer.optimizers["generator"], trainer.optimizers["discriminator"]
     assert g.param_groups[0]["lr"] == 3e-4 and d.param_groups[0]["lr"] == 7e-4
     assert g.param_groups[0]["betas"] == (0.5, 0.999)
@@ -138,39 +121,39 @@ def test_feature_losses_load_files_in_the_reference_layout(tmp_path, caplog):
     save_torchvision_like(tmp_path / "vgg16.pth", VGG16_LAYERS)
     torch.save({f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) for i, c in enumerate(LPIPS_CHANNELS)},
                tmp_path / "lpips.pth")
-    config = make_config(tmp_path, vgg19_path=str(tmp_path / "vgg19.pth"), lpips_path=str(tmp_path / "lpips.pth"),
+    config = hr_config(tmp_path, vgg19_path=str(tmp_path / "vgg19.pth"), lpips_path=str(tmp_path / "lpips.pth"),
                          lpips_vgg16_path=str(tmp_path / "vgg16.pth"))
     trainer = HyperLipsHRTrainer(config)
     assert isinstance(trainer.vgg, VGG19Perceptual) and isinstance(trainer.lpips, LPIPSVGG)
     assert trainer.vgg.features[-1].out_channels == 512          # ends at conv5_4
     assert not any(p.requires_grad for p in trainer.vgg.parameters())
-    losses = trainer.train_step(random_batch(2, 128))
+    losses = trainer.train_step(hr_batch(2, 128))
     assert losses["perceptual"] > 0 and losses["lip_lpips"] > 0
     x = torch.rand(2, 3, 40, 40)
     assert torch.allclose(trainer.lpips(x, x), torch.zeros(2), atol=1e-6)  # a distance: zero on itself
 
     torch.save({"nonsense": torch.zeros(1)}, tmp_path / "bad.pth")
     with pytest.raises(CheckpointError):
-        HyperLipsHRTrainer(make_config(tmp_path, vgg19_path=str(tmp_path / "bad.pth")))
+        HyperLipsHRTrainer(hr_config(tmp_path, vgg19_path=str(tmp_path / "bad.pth")))
 
 
 def test_missing_feature_weights_turn_their_losses_off_with_one_line(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="talkingface"):
-        trainer = HyperLipsHRTrainer(make_config(tmp_path))
+        trainer = HyperLipsHRTrainer(hr_config(tmp_path))
     assert trainer.vgg is None and trainer.lpips is None
     lines = [r.getMessage() for r in caplog.records if "loss is off" in r.getMessage()]
     assert len(lines) == 2 and all("missing_" in line and "\n" not in line for line in lines)
-    assert "perceptual" not in trainer.train_step(random_batch(2, 128))
+    assert "perceptual" not in trainer.train_step(hr_batch(2, 128))
 
 
 def test_resume_restores_step_and_optimizer_state(tmp_path):
-    config = make_config(tmp_path)
+    config = hr_config(tmp_path)
     trainer = HyperLipsHRTrainer(config)
     for step in range(2):
-        trainer.train_step(random_batch(2, 128, seed=step))
+        trainer.train_step(hr_batch(2, 128, seed=step))
         trainer.global_step += 1
     trainer.save_checkpoint()
-    resumed = HyperLipsHRTrainer(make_config(tmp_path))
+    resumed = HyperLipsHRTrainer(hr_config(tmp_path))
     assert resumed.resume() is not None
     assert resumed.global_step == 2
     for name in ("generator", "discriminator"):

@@ -5,7 +5,7 @@ import pytest
 
 from talkingface.inference.paste import border_taper, mouth_mask, paste_face
 from talkingface.inference.source import FrameSource, pingpong_index, pingpong_segments
-from talkingface.inference.tracking import FacePicker, finalize_boxes
+from talkingface.utils.tracking import FacePicker, finalize_boxes
 from talkingface.utils.errors import InputError
 from talkingface.utils.video import VideoWriter, iter_frames
 

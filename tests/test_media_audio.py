@@ -8,7 +8,7 @@ from talkingface.utils.errors import InputError
 
 
 def _reference_mel(wav):
-    """The HYPERLIPS.md mel written independently with numpy's FFT (only the filterbank shared)."""
+    """The HyperLips mel (docs/architecture.md) written independently with numpy's FFT (only the filterbank shared)."""
     import librosa
 
     x = np.asarray(wav, dtype=np.float64)

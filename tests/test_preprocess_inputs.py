@@ -91,6 +91,7 @@ def test_bad_inputs_are_reported_and_skipped(mixed):
     assert reasons == {"empty.mp4": "empty_file", "text.mp4": "unreadable", "noaudio.mp4": "no_audio_stream",
                        "noise.mp4": "no_face", "short.mp4": "too_short"}
     assert all(report[rel]["detail"] for rel in reasons)
+    assert "no same-named audio file beside it (.wav/.m4a/.mp3/.aac/.flac)" in report["noaudio.mp4"]["detail"]
     ok = sorted(rel for rel, entry in report.items() if entry["status"] == "ok")
     assert ok == ["deep/er/clip.mkv", "fps30.mov", "good.mp4", "trimmed.mp4", "twofaces.mp4"]
     listed = sum((read_filelist(config, s) for s in ("train", "val", "test")), [])
@@ -187,7 +188,8 @@ def test_streamed_box_smoothing_equals_whole_run_smoothing(tmp_path):
             return [tuple(raw[k]) + (0.9,)] if has_face[k] else []
 
     task = {"box_smooth_window": 5, "face_pad_bottom": 10, "crop_size": 32, "jpeg_quality": 90,
-            "tmp_dir": str(tmp_path)}
+            "tmp_dir": str(tmp_path), "face_min_size": 24, "face_continuity_iou": 0.3,
+            "face_max_gap": 0}   # no gap filling: every miss ends a run here
     runs = _FaceRuns(task, FakeDetector(), 200, 200)
     frame = np.zeros((200, 200, 3), np.uint8)
     for k in range(n):

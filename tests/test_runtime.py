@@ -1,11 +1,12 @@
 """keep_freed_memory: a freed large tensor's memory is reused instead of faulted in again."""
 import json
+import pathlib
 import subprocess
 import sys
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 # Allocate and free a 64 MB tensor (over glibc's largest mmap threshold) repeatedly, like the feature
 # maps of successive training steps, and count the minor page faults of the last three allocations

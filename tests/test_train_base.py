@@ -1,49 +1,23 @@
 """HyperLipsBaseTrainer on one tiny synthetic batch of the real shapes (B=1, T=5, 128 px)."""
 import copy
-import os
 
 import numpy as np
 import pytest
 import torch
 
-from talkingface.config import Config
-from talkingface.model.audio_driven_talkingface.syncnet import SyncNet
-from talkingface.trainer.hyperlipsbase_trainer import HyperLipsBaseTrainer, masked_input, reference_index
-from talkingface.utils.checkpoint import checkpoint_path, latest_checkpoint, save_checkpoint_file
+from talkingface.model.inputs import masked_input, reference_index
+from talkingface.model.losses import bce
+from talkingface.trainer.hyperlipsbase_trainer import HyperLipsBaseTrainer
+from talkingface.utils.checkpoint import latest_checkpoint
 from talkingface.utils.errors import CheckpointError
 from talkingface.utils.gradients import GradientRecorder, relative_difference
+from builders import base_batch, base_config
 from step_checks import flat_gradients, record_seed_ratios
-
-
-def make_config(workdir, **overrides):
-    values = dict(checkpoint_root=str(workdir / "checkpoints"), results_root=str(workdir / "results"),
-                  device="cpu", num_workers=0, batch_size=1, eval_batch_size=1)
-    values.update(overrides)
-    return Config(model="HyperLipsBase", dataset="demo", config_dict=values)
-
-
-def save_random_expert(workdir):
-    """A random-init SyncNet where HyperLipsBase looks for its expert (checkpoints/demo/SyncNet/)."""
-    torch.manual_seed(1)
-    path = checkpoint_path(os.path.join(workdir, "checkpoints", "demo", "SyncNet"), 1)
-    save_checkpoint_file({"state_dict": SyncNet().state_dict(), "global_step": 1, "model": "SyncNet"}, path)
-    return path
-
-
-def fixed_batch(batch_size=1, size=128):
-    generator = torch.Generator().manual_seed(0)
-    gt = torch.rand(batch_size, 3, 5, size, size, generator=generator)
-    reference = torch.rand(batch_size, 3, 5, size, size, generator=generator)
-    masked = gt.clone()
-    masked[:, :, :, size // 2:] = 0
-    return {"face": torch.cat([masked, reference], dim=1), "gt": gt,
-            "indiv_mels": torch.randn(batch_size, 5, 1, 80, 16, generator=generator),
-            "mel": torch.randn(batch_size, 1, 80, 16, generator=generator)}
 
 
 def test_missing_expert_is_a_one_line_error_naming_the_command(workdir):
     with pytest.raises(CheckpointError) as error:
-        HyperLipsBaseTrainer(make_config(workdir))
+        HyperLipsBaseTrainer(base_config(workdir))
     message = str(error.value)
     assert "\n" not in message
     assert "checkpoints/demo/SyncNet/" in message
@@ -52,20 +26,20 @@ def test_missing_expert_is_a_one_line_error_naming_the_command(workdir):
 
 def test_an_explicit_expert_path_that_does_not_exist_is_named(workdir):
     with pytest.raises(CheckpointError, match="nowhere.pth"):
-        HyperLipsBaseTrainer(make_config(workdir, sync_expert_path=str(workdir / "nowhere.pth")))
+        HyperLipsBaseTrainer(base_config(workdir, sync_expert_path=str(workdir / "nowhere.pth")))
 
 
 def test_without_the_sync_term_no_expert_is_needed(workdir):
-    trainer = HyperLipsBaseTrainer(make_config(workdir, sync_weight=0))
+    trainer = HyperLipsBaseTrainer(base_config(workdir, sync_weight=0))
     assert trainer._expert is None
 
 
 @pytest.mark.slow
-def test_training_steps_lower_the_loss_on_a_fixed_batch(workdir):
-    save_random_expert(workdir)
+def test_training_steps_lower_the_loss_on_a_fixed_batch(workdir, random_expert):
+    random_expert(workdir)
     torch.manual_seed(0)
-    trainer = HyperLipsBaseTrainer(make_config(workdir, learning_rate=1e-3))
-    batch = fixed_batch()
+    trainer = HyperLipsBaseTrainer(base_config(workdir, learning_rate=1e-3))
+    batch = base_batch()
     trainer._set_mode(True)
     logs = [trainer.train_step(batch) for _ in range(5)]
     assert {"l1", "sync", "gan", "total", "disc_real", "disc_fake"} <= set(logs[0])
@@ -79,18 +53,18 @@ def test_training_steps_lower_the_loss_on_a_fixed_batch(workdir):
 
 
 @pytest.mark.slow
-def test_checkpoint_resume_continues_with_identical_optimizer_state(workdir):
-    save_random_expert(workdir)
+def test_checkpoint_resume_continues_with_identical_optimizer_state(workdir, random_expert):
+    random_expert(workdir)
     torch.manual_seed(0)
-    config = make_config(workdir, gan_weight=0.2)
+    config = base_config(workdir, gan_weight=0.2)
     trainer = HyperLipsBaseTrainer(config)
     trainer._set_mode(True)
-    trainer.train_step(fixed_batch())
+    trainer.train_step(base_batch())
     trainer.global_step = 1
     trainer.save_checkpoint()
     assert latest_checkpoint(trainer.checkpoint_dir).endswith("checkpoint_step000000001.pth")
 
-    fresh = HyperLipsBaseTrainer(make_config(workdir, gan_weight=0.2))
+    fresh = HyperLipsBaseTrainer(base_config(workdir, gan_weight=0.2))
     fresh.resume()
     assert fresh.global_step == 1
     for name in ("generator", "discriminator"):
@@ -108,16 +82,15 @@ def test_checkpoint_resume_continues_with_identical_optimizer_state(workdir):
     ((0.0, 1.0, 0.0), "from_d_backward"),     # GAN term alone: any error in its gradient shows
     ((0.0, 1.0, 0.0), "through_d"),           # the fallback when D is all but sure of a fake
 ])
-def test_train_step_gives_the_official_step_order_gradients(workdir, weights, gan_path):
+def test_train_step_gives_the_official_step_order_gradients(workdir, random_expert, weights, gan_path):
     """train_step shares one discriminator pass between the two players, takes the generator's
     GAN gradient from D's backward, and restricts each backward to its own parameters; the
     gradients of every parameter of both networks must equal the official order's: G step with
     D(g), then D(gt) and D(g.detach()) for the D step."""
-    from talkingface.trainer.syncnet_trainer import bce
     sync_weight, gan_weight, l1_weight = weights
-    save_random_expert(workdir)
+    random_expert(workdir)
     torch.manual_seed(0)
-    trainer = HyperLipsBaseTrainer(make_config(workdir, gan_weight=gan_weight, sync_weight=sync_weight,
+    trainer = HyperLipsBaseTrainer(base_config(workdir, gan_weight=gan_weight, sync_weight=sync_weight,
                                                l1_weight=l1_weight))
     if gan_path == "through_d":
         trainer.MAX_SEED_RATIO = 0.0   # every seed ratio counts as unsafe
@@ -126,7 +99,7 @@ def test_train_step_gives_the_official_step_order_gradients(workdir, weights, ga
     ref_generator, ref_discriminator = copy.deepcopy(generator), copy.deepcopy(discriminator)
     trainer.optimizers = {"generator": GradientRecorder(generator.parameters()),
                           "discriminator": GradientRecorder(discriminator.parameters())}
-    batch = fixed_batch()
+    batch = base_batch(frames=5 if sync_weight else 2)   # 2 frames run faster where the expert is not used
     trainer._set_mode(True)
     trainer.train_step(batch)
     assert len(factors) == 1 and (factors[0] is None) == (gan_path == "through_d")
@@ -148,22 +121,24 @@ def test_train_step_gives_the_official_step_order_gradients(workdir, weights, ga
         torch.testing.assert_close(ours_state[key], parameter, rtol=1e-5, atol=1e-7, msg=key)
 
 
-# fp16 convolutions are slow on the CPU (~95 s for this one step)
-@pytest.mark.parametrize("amp_dtype", ["bfloat16", pytest.param("float16", marks=pytest.mark.slow)])
+# Both are slow on a CPU without native bfloat16/float16 convolutions (minutes for this one step).
+@pytest.mark.slow
+@pytest.mark.parametrize("amp_dtype", ["bfloat16", "float16"])
 def test_train_step_under_mixed_precision(workdir, amp_dtype):
     """bf16 takes the GAN gradient from D's backward, fp16 (loss scaling) the second pass through
     D; both must give the gradients of the official order run under the same autocast (bf16
     rounding alone moves them by a few percent, so the bound is loose but catches a wrong factor
     or a missing unscale)."""
-    from talkingface.trainer.syncnet_trainer import bce
     torch.manual_seed(0)
-    trainer = HyperLipsBaseTrainer(make_config(workdir, gan_weight=1.0, sync_weight=0, l1_weight=0,
+    trainer = HyperLipsBaseTrainer(base_config(workdir, gan_weight=1.0, sync_weight=0, l1_weight=0,
                                                amp=True, amp_dtype=amp_dtype))
     factors = record_seed_ratios(trainer)
     generator, discriminator = trainer.networks["generator"], trainer.networks["discriminator"]
     reference = {"generator": copy.deepcopy(generator), "discriminator": copy.deepcopy(discriminator)}
     trainer.optimizers = {name: GradientRecorder(network.parameters()) for name, network in trainer.networks.items()}
-    batch = fixed_batch()
+    # No sync term, so bf16 runs 2 frames (faster); fp16 keeps 5: with 2 its first scaled step
+    # overflowed and GradScaler skipped it.
+    batch = base_batch(frames=2 if amp_dtype == "bfloat16" else 5)
     trainer._set_mode(True)
     trainer.train_step(batch)
     assert (factors[0] is None) == (amp_dtype == "float16")
@@ -200,7 +175,7 @@ class FakeClip:
 
 def test_generate_clip_returns_every_frame_as_uint8_bgr(workdir):
     torch.manual_seed(0)
-    trainer = HyperLipsBaseTrainer(make_config(workdir, sync_weight=0, eval_batch_size=1, mode="evaluate"))
+    trainer = HyperLipsBaseTrainer(base_config(workdir, sync_weight=0, eval_batch_size=1, mode="evaluate"))
     trainer._set_mode(True)
     frames = trainer.generate_clip(FakeClip(6))   # 6 frames in batches of 5: a partial last batch
     assert frames.shape == (6, 128, 128, 3) and frames.dtype == np.uint8
@@ -208,7 +183,7 @@ def test_generate_clip_returns_every_frame_as_uint8_bgr(workdir):
 
 
 def test_reference_frames_and_masking():
-    assert [reference_index(k, 10) for k in (0, 4, 5, 9)] == [5, 9, 0, 4]
+    assert [reference_index("half_clip", k, 10) for k in (0, 4, 5, 9)] == [5, 9, 0, 4]
     target, reference = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)
     face = masked_input(target, reference)
     assert face.shape == (2, 6, 8, 8)

@@ -1,4 +1,5 @@
 """SyncNetTrainer on synthetic batches of the real shapes: loss, accuracy, learning, evaluate()."""
+import functools
 import json
 import os
 
@@ -6,8 +7,9 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from talkingface.config import Config
-from talkingface.trainer.syncnet_trainer import SyncNetTrainer, bce, expert_face_input
+from talkingface.model.inputs import expert_face_input
+from talkingface.model.losses import bce
+from talkingface.trainer.syncnet_trainer import SyncNetTrainer
 from talkingface.utils.registry import DATASETS
 
 
@@ -28,12 +30,10 @@ class TinySyncWindows(Dataset):
         return {"face": self.face[index], "mel": self.mel[index], "label": self.label[index]}
 
 
-def make_config(workdir, **overrides):
-    values = dict(checkpoint_root=str(workdir / "checkpoints"), results_root=str(workdir / "results"),
-                  device="cpu", num_workers=0, batch_size=4, eval_batch_size=4, max_steps=2,
-                  log_interval=1, eval_interval=100, checkpoint_interval=100, dataset_class="_TinySyncWindows")
-    values.update(overrides)
-    return Config(model="SyncNet", dataset="demo", config_dict=values)
+@pytest.fixture
+def syncnet_config(make_config):
+    return functools.partial(make_config, "SyncNet", batch_size=4, eval_batch_size=4, max_steps=2, log_interval=1,
+                             eval_interval=100, checkpoint_interval=100, dataset_class="_TinySyncWindows")
 
 
 def synthetic_batch():
@@ -54,9 +54,9 @@ def test_bce_matches_the_definition():
     assert bce(p, 1.0).item() == pytest.approx(-torch.log(p).mean().item())
 
 
-def test_syncnet_steps_lower_the_loss_on_a_fixed_batch(workdir):
+def test_syncnet_steps_lower_the_loss_on_a_fixed_batch(workdir, syncnet_config):
     torch.manual_seed(0)
-    trainer = SyncNetTrainer(make_config(workdir))
+    trainer = SyncNetTrainer(syncnet_config(workdir))
     batch = synthetic_batch()   # 4 windows (BatchNorm over fewer is degenerate at the 1x1 embedding layers)
     first = trainer.train_step(batch)["loss"]
     assert 0 < first < 10
@@ -68,8 +68,8 @@ def test_syncnet_steps_lower_the_loss_on_a_fixed_batch(workdir):
     assert set(values) == {"loss", "accuracy"} and 0 <= values["accuracy"] <= 1
 
 
-def test_evaluate_writes_loss_and_accuracy(workdir):
-    trainer = SyncNetTrainer(make_config(workdir))
+def test_evaluate_writes_loss_and_accuracy(workdir, syncnet_config):
+    trainer = SyncNetTrainer(syncnet_config(workdir))
     result = trainer.evaluate()
     path = os.path.join(trainer.results_dir, "metrics.json")
     with open(path, encoding="utf-8") as f:

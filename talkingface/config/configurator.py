@@ -1,9 +1,10 @@
 """Config: the merged YAML layers and command-line overrides of one run.
 
 Precedence, lowest to highest: overall.yaml < dataset yaml < model yaml < config files <
-`config_dict` (the command line). Every key a user sets must be defined in some YAML file under
-talkingface/properties, so a typo is an error that names the closest known key instead of a
-setting that is silently ignored.
+`config_dict` (the command line). A key the user sets must be defined in overall.yaml, the
+dataset's YAML or the model's YAML: a typo is an error naming the closest key, a key of another
+model an error naming its owner, instead of a setting that is silently ignored. Every value is
+checked against its type and range (schema.py) before any work starts.
 """
 import difflib
 import glob
@@ -13,12 +14,20 @@ import re
 import torch
 import yaml
 
+from talkingface.config.schema import check
 from talkingface.utils.errors import ConfigError
 
 PROPERTIES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "properties")
+# More folders of dataset YAML files (os.pathsep-separated), searched after properties/dataset/:
+# a dataset of one's own without writing into the installed package.
+DATASET_DIRS_ENV = "TALKINGFACE_DATASET_DIRS"
 
 # Keys that name the run itself rather than a setting in a YAML file.
 RUN_KEYS = ("model", "dataset", "config_files")
+# What every dataset YAML defines: where its raw videos are and where their preprocessed form goes.
+DATASET_KEYS = ("data_root", "preprocessed_root")
+# Keys Config computes from the others (not settable).
+DERIVED_KEYS = ("checkpoint_dir", "results_dir")
 
 
 class _Loader(yaml.SafeLoader):
@@ -59,19 +68,47 @@ def load_yaml(path):
     return data
 
 
+def _folders(kind):
+    folders = [os.path.join(PROPERTIES_DIR, kind)]
+    if kind == "dataset":
+        folders += [d for d in os.environ.get(DATASET_DIRS_ENV, "").split(os.pathsep) if d]
+    return folders
+
+
+def yaml_path(kind, name):
+    """The YAML file of model or dataset `name` (the first found), or None."""
+    for folder in _folders(kind):
+        path = os.path.join(folder, f"{name}.yaml")
+        if os.path.isfile(path):
+            return path
+    return None
+
+
 def available(kind):
-    """Names of the dataset or model YAML files shipped under properties/."""
-    return sorted(os.path.splitext(os.path.basename(p))[0]
-                  for p in glob.glob(os.path.join(PROPERTIES_DIR, kind, "*.yaml")))
+    """Names of the dataset or model YAML files (properties/ and, for datasets, DATASET_DIRS_ENV)."""
+    return sorted({os.path.splitext(os.path.basename(p))[0]
+                   for folder in _folders(kind) for p in glob.glob(os.path.join(folder, "*.yaml"))})
+
+
+def layer(kind, name=None):
+    """The keys and defaults of overall.yaml (kind "overall") or of one model or dataset YAML."""
+    if kind == "overall":
+        return load_yaml(os.path.join(PROPERTIES_DIR, "overall.yaml"))
+    return load_yaml(yaml_path(kind, name))
 
 
 def known_keys():
-    """Every key defined in any YAML file under properties/."""
-    keys = set(RUN_KEYS)
-    for path in [os.path.join(PROPERTIES_DIR, "overall.yaml")] + \
-            glob.glob(os.path.join(PROPERTIES_DIR, "*", "*.yaml")):
-        keys.update(load_yaml(path))
+    """Every key defined in any YAML file (overall, every model, every dataset)."""
+    keys = set(RUN_KEYS) | set(layer("overall"))
+    for kind in ("model", "dataset"):
+        for name in available(kind):
+            keys.update(layer(kind, name))
     return keys
+
+
+def owners(kind, key):
+    """The models or datasets whose YAML defines `key`."""
+    return [name for name in available(kind) if key in layer(kind, name)]
 
 
 class Config:
@@ -82,40 +119,57 @@ class Config:
             raise ConfigError(f"unknown model '{model}'; available: {', '.join(available('model'))}")
         if dataset not in available("dataset"):
             raise ConfigError(f"unknown dataset '{dataset}'; available: {', '.join(available('dataset'))} "
-                              f"(a new dataset is one file talkingface/properties/dataset/<name>.yaml)")
+                              f"(a new dataset is one file talkingface/properties/dataset/<name>.yaml, or "
+                              f"<name>.yaml in a folder listed in {DATASET_DIRS_ENV})")
         if isinstance(config_files, str):
             config_files = config_files.split()
-        self.known = known_keys()
-        values = load_yaml(os.path.join(PROPERTIES_DIR, "overall.yaml"))
-        values.update(load_yaml(os.path.join(PROPERTIES_DIR, "dataset", f"{dataset}.yaml")))
-        values.update(load_yaml(os.path.join(PROPERTIES_DIR, "model", f"{model}.yaml")))
+        self.model, self.dataset = model, dataset
+        defaults = layer("overall")
+        defaults.update(layer("dataset", dataset))
+        defaults.update(layer("model", model))
+        missing = [key for key in DATASET_KEYS if key not in defaults]
+        if missing:
+            raise ConfigError(f"dataset file {yaml_path('dataset', dataset)} must define {' and '.join(missing)}")
+        self.defaults = defaults
+        values = dict(defaults)
         for path in config_files or []:
             values.update(self._checked(load_yaml(path), path))
         values.update(self._checked(dict(config_dict or {}), "the command line"))
+        values = {key: check(key, value, defaults[key], model) for key, value in values.items()}
         values.update(model=model, dataset=dataset, config_files=list(config_files or []))
         self.final_config_dict = values
         self._derive()
 
     def _checked(self, overrides, source):
-        for key, value in overrides.items():
-            if key not in self.known:
-                close = difflib.get_close_matches(key, self.known, n=1, cutoff=0.6)
-                hint = f"; did you mean '{close[0]}'?" if close else ""
-                raise ConfigError(f"unknown config key '{key}' in {source}{hint}")
+        """The overrides, when each key is defined for this model and dataset."""
+        for key in overrides:
+            if key in RUN_KEYS:
+                raise ConfigError(f"{key} is chosen with --{key}, not in {source}")
+            if key in self.defaults:
+                continue
+            models, datasets = owners("model", key), owners("dataset", key)
+            if models:
+                raise ConfigError(f"{key} is a setting of {', '.join(models)}, not of {self.model}: "
+                                  f"remove it from {source}")
+            if datasets:
+                raise ConfigError(f"{key} is a setting of dataset {', '.join(datasets)}, not of {self.dataset}: "
+                                  f"remove it from {source}")
+            close = difflib.get_close_matches(key, list(self.defaults), n=1, cutoff=0.6)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"unknown config key '{key}' in {source}{hint}")
         return overrides
 
     def _derive(self):
-        v = self.final_config_dict
-        v["checkpoint_dir"] = os.path.join(v["checkpoint_root"], v["dataset"], v["model"])
-        v["results_dir"] = os.path.join(v["results_root"], v["dataset"], v["model"])
-        v["device"] = resolve_device(v["device"])
-        if v["mode"] not in ("train", "evaluate", "preprocess", "infer"):
-            raise ConfigError(f"unknown mode '{v['mode']}'; use train, evaluate, preprocess or infer")
+        config = self.final_config_dict
+        config["checkpoint_dir"] = os.path.join(config["checkpoint_root"], config["dataset"], config["model"])
+        config["results_dir"] = os.path.join(config["results_root"], config["dataset"], config["model"])
+        config["device"] = resolve_device(config["device"])
 
     # dict-like access
     def __getitem__(self, key):
         if key not in self.final_config_dict:
-            raise KeyError(f"config key '{key}' is read by the code but defined in no YAML file")
+            raise ConfigError(f"config key '{key}' is read by the code but defined neither in overall.yaml nor in "
+                              f"the YAML of model {self.model} or dataset {self.dataset}: define it there")
         return self.final_config_dict[key]
 
     def __setitem__(self, key, value):

@@ -5,7 +5,7 @@ path before torch is loaded.
 """
 import importlib
 
-_EXPORTS = {"Evaluator": "evaluator", "score_samples": "evaluator", "EvalSample": "metrics",
+_EXPORTS = {"Evaluator": "evaluator", "evaluate_checkpoint": "evaluator", "score_samples": "evaluator", "EvalSample": "metrics",
             "build_metrics": "metrics"}
 __all__ = list(_EXPORTS)
 

@@ -1,61 +1,38 @@
-"""Evaluator: generate every clip of a split from its own audio and score it against the ground truth.
+"""Evaluator: lip-sync every clip of a split exactly as inference does and score what users get.
 
-    results = Evaluator(config).evaluate(trainer, split="val")
+    results = evaluate_checkpoint(config)                     # --mode=evaluate: networks from checkpoints
+    results = Evaluator(config).evaluate(syncer, split="val") # any LipSyncer (the trainer's networks)
 
-For each clip of the split (read_filelist), `trainer.generate_clip(clip)` gives (n,H,W,3) uint8 BGR
-face crops; the real frames are the clip's crops at the same size (or `trainer.reference_clip(clip)`
-when the trainer defines it); the audio is the clip's audio.wav. With eval_max_frames the trainer
-sees the clip through `FirstFrames` (n_frames capped), so only scored frames are generated.
+For each clip (read_filelist) the source video's frames [first_frame, first_frame + n_frames) and
+the clip's own audio go through `LipSyncer.run` (talkingface.inference.pipeline: the one tracker,
+the reference_frame policy, the precision infer_bf16, the networks, the paste-back, the mp4
+encoding) into an mp4, as with --mode=infer; its decoded frames and the real frames are then cut
+with the same boxes (the tracker's, found on the real frames) at crop_size and scored; LSE gets
+the output frames cut with syncnet_python's geometry. So a clip's PSNR/SSIM/LMD equal what
+`python -m talkingface.evaluator.score --size <crop_size>` gives for the --mode=infer output of its
+video and audio. (The encoding matters: crf 18 costs the demo clips ~0.3 dB PSNR and 0.02 SSIM.)
 The metrics of config["metrics"] (METRICS registry, definitions in metrics.py) are computed per
 clip; "mean" is the average of the per-clip values (counts are summed; FID is computed once over
-all frames). Writes config["results_dir"]/metrics.json (strict JSON: inf as "inf") and logs a
-table; returns the same dict with plain floats. Run it on one process only (Trainer.evaluate
-calls it on rank 0).
+all frames). Writes config["results_dir"]/metrics.json (strict JSON: inf as "inf") with the
+provenance (split, counts, checkpoints, reference policy, precision, tracker, toolkit commit) and
+logs a table under a header saying the same. Run it on one process only.
 """
 import logging
 import os
+import tempfile
 import time
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
-from talkingface.evaluator.metrics import METRICS_DOC, EvalSample, build_metrics, preprocess_pair
-from talkingface.evaluator.report import NON_FINITE_NOTE, format_table, write_json_atomic
+from talkingface.evaluator.metrics import METRICS_DOC, EvalSample, build_metrics
+from talkingface.evaluator.report import NON_FINITE_NOTE, format_table, json_safe
+from talkingface.utils.audio import SAMPLES_PER_FRAME
 from talkingface.utils.distributed import is_main_process
 from talkingface.utils.errors import InputError
+from talkingface.utils.files import write_json_atomic
 
 logger = logging.getLogger(__name__)
-
-SAMPLES_PER_FRAME = 640   # 16 kHz audio per 25 fps frame
-
-
-class FirstFrames:
-    """A Clip seen through its first `n_frames` frames, so generate_clip makes only what is scored."""
-
-    def __init__(self, clip, n_frames):
-        self._clip = clip
-        self.n_frames = n_frames
-
-    def __getattr__(self, name):     # everything else (id, mel, fps, audio_path, ...) from the clip
-        if name.startswith("__") or name == "_clip":
-            raise AttributeError(name)
-        return getattr(self._clip, name)
-
-    def __len__(self):
-        return self.n_frames
-
-    @property
-    def boxes(self):
-        return self._clip.boxes[:self.n_frames]
-
-    def frame(self, k, size=None):
-        if not 0 <= k < self.n_frames:
-            raise IndexError(f"frame {k} outside the first {self.n_frames} frames of clip {self._clip.id}")
-        return self._clip.frame(k, size)
-
-    def frames(self, start, count, size=None):
-        return np.stack([self.frame(k, size) for k in range(start, start + count)])
 
 
 def score_samples(metrics, samples, progress=None):
@@ -75,82 +52,183 @@ def score_samples(metrics, samples, progress=None):
     return per_clip, mean
 
 
+def source_video(clip, data_root):
+    """The video a preprocessed clip was cut from (meta source, else data_root/source_rel), or None."""
+    for candidate in (clip.meta.get("source"), clip.meta.get("source_rel") and os.path.join(data_root,
+                                                                                            clip.meta["source_rel"])):
+        if candidate and os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def read_clip_frames(clip, path, n):
+    """The 25 fps frames [first_frame, first_frame + n) of the clip's source video (BGR uint8)."""
+    from talkingface.utils.video import iter_frames
+    first, frames = int(clip.meta.get("first_frame", 0)), []
+    decoded = iter_frames(path, fps=clip.fps)
+    try:
+        for index, frame in enumerate(decoded):
+            if index >= first + n:
+                break
+            if index >= first:
+                frames.append(frame)
+    finally:
+        if hasattr(decoded, "close"):
+            decoded.close()
+    if len(frames) < n:
+        raise InputError(f"{path} decodes to {first + len(frames)} frames, but clip {clip.id} needs frames "
+                         f"{first}..{first + n - 1}: preprocess the dataset again")
+    return frames
+
+
+def decode(path, n):
+    """The first `n` 25 fps frames of the video at `path`."""
+    from talkingface.utils.video import iter_frames
+    frames = []
+    decoded = iter_frames(path, fps=25)
+    try:
+        for frame in decoded:
+            frames.append(frame)
+            if len(frames) == n:
+                break
+    finally:
+        if hasattr(decoded, "close"):
+            decoded.close()
+    return frames
+
+
+def cut_pair(output, real, boxes, size, pad_bottom, sync=True):
+    """Face crops of the output and the real frames with the same boxes (frames without a face left
+    out), and with `sync` LSE's syncnet_python crops of the output (its box without our chin pad;
+    None when the clip is too short for that geometry's 13-frame median filter)."""
+    from talkingface.evaluator.syncnet_v2 import syncnet_crop_geometry, syncnet_crops
+    from talkingface.utils.face import crop_resize
+    keep = [k for k in range(min(len(output), len(real), len(boxes))) if np.isfinite(boxes[k]).all()]
+    if not keep:
+        return None
+    generated = np.stack([crop_resize(output[k], boxes[k], size) for k in keep])
+    truth = np.stack([crop_resize(real[k], boxes[k], size) for k in keep])
+    face_boxes = np.array(boxes[keep], dtype=np.float64)
+    face_boxes[:, 3] -= pad_bottom
+    if not sync or syncnet_crop_geometry(face_boxes)[2].min() < 1:
+        return generated, truth, None, keep
+    return generated, truth, syncnet_crops([output[k] for k in keep], face_boxes), keep
+
+
 class Evaluator:
     def __init__(self, config):
         self.config = config
 
-    def _samples(self, trainer, clip_dirs, max_frames, n_videos):
-        from talkingface.data.dataset.clip import Clip
+    def _clips(self, split):
+        from talkingface.data.dataset.clip import Clip, read_filelist
+        clip_dirs = read_filelist(self.config, split)
+        if not clip_dirs:
+            raise InputError(f"the {split} split has no clips: preprocess more videos or choose another split "
+                             "(eval_split)")
+        max_clips = int(self.config["eval_max_clips"] or 0)
+        clips = [Clip(d) for d in (clip_dirs[:max_clips] if max_clips else clip_dirs)]
+        missing = [c.id for c in clips if source_video(c, self.config["data_root"]) is None]
+        if missing:   # checked before any clip is generated
+            raise InputError(f"the source videos of {len(missing)} clip(s) ({', '.join(missing[:3])}) are gone: "
+                             f"evaluation lip-syncs the source frames; restore them under {self.config['data_root']}")
+        return clips
+
+    def _samples(self, syncer, clips, n_videos, sync):
+        from talkingface.inference.arrays import ArraySource
         from talkingface.utils.audio import load_audio
-
-        for index, clip_dir in enumerate(clip_dirs):
-            clip = Clip(clip_dir)
+        config = self.config
+        max_frames = int(config["eval_max_frames"] or 0)
+        size, pad = int(config["crop_size"]), int(config["face_pad_bottom"])
+        for index, clip in enumerate(clips):
             n = min(clip.n_frames, max_frames) if max_frames else clip.n_frames
-            with torch.no_grad():
-                generated = np.asarray(trainer.generate_clip(FirstFrames(clip, n) if n < clip.n_frames else clip))
-            if generated.ndim != 4 or generated.dtype != np.uint8:
-                raise TypeError(f"generate_clip must return (n,H,W,3) uint8, got {generated.dtype} {generated.shape}")
-            generated = generated[:n]
-            if len(generated) == 0:
-                logger.warning("generate_clip gave no frames for %s: clip left out", clip.id)
-                continue
-            real = self._ground_truth(trainer, clip, n, generated)
-            generated, real = preprocess_pair(generated, real)
-            wav = load_audio(clip.audio_path)[:len(generated) * SAMPLES_PER_FRAME]
+            wav = load_audio(clip.audio_path)[:n * SAMPLES_PER_FRAME]
+            n = min(n, len(wav) // SAMPLES_PER_FRAME)
+            real = read_clip_frames(clip, source_video(clip, config["data_root"]), n)
+            with tempfile.TemporaryDirectory(prefix="talkingface_eval_") as folder:
+                video = (os.path.join(config["results_dir"], "samples", f"{clip.id}.mp4") if index < n_videos
+                         else os.path.join(folder, "output.mp4"))
+                result = syncer.run(ArraySource(real, fps=clip.fps), wav[:n * SAMPLES_PER_FRAME], video)
+                output = decode(video, len(real))
             if index < n_videos:
-                self._save_video(clip, generated)
-            yield EvalSample(name=clip.id, generated=generated, real=real, wav=wav, fps=clip.fps)
+                logger.info("sample video: %s", video)
+            pair = cut_pair(output, real, result.boxes, size, pad, sync)
+            if pair is None:
+                logger.warning("no face found in clip %s by the tracker: clip left out", clip.id)
+                continue
+            generated, truth, sync_crops, keep = pair
+            if len(keep) < n:
+                logger.info("clip %s: %d of %d frames have a face and are scored", clip.id, len(keep), n)
+            yield EvalSample(name=clip.id, generated=generated, real=truth, fps=clip.fps, sync_crops=sync_crops,
+                             wav=wav[:len(output) * SAMPLES_PER_FRAME])
 
-    @staticmethod
-    def _ground_truth(trainer, clip, n, generated):
-        """The clip's crops at the generated size, or the trainer's own ground truth when it has
-        one (`reference_clip`, e.g. HR crops re-cut from the source above the stored crop size)."""
-        if hasattr(trainer, "reference_clip"):
-            view = FirstFrames(clip, n) if n < clip.n_frames else clip
-            with torch.no_grad():
-                return np.asarray(trainer.reference_clip(view))[:len(generated)]
-        return clip.frames(0, len(generated), generated.shape[1])
-
-    def _save_video(self, clip, generated):
-        from talkingface.utils.video import VideoWriter
-
-        path = os.path.join(self.config["results_dir"], "samples", f"{clip.id}.mp4")
-        with VideoWriter(path, clip.fps, audio_path=clip.audio_path) as writer:
-            for frame in generated:
-                writer.write(frame)
-        logger.info("sample video: %s", path)
-
-    def evaluate(self, trainer, split="val"):
-        from talkingface.data.dataset.clip import read_filelist
+    def evaluate(self, syncer, split="val", provenance=None):
+        """Score `syncer` (a LipSyncer with its networks) on `split`; `provenance`: the checkpoint
+        facts to record (checkpoint, base_checkpoint, global_step)."""
+        from talkingface.utils.runtime import use_bf16
+        from talkingface.utils.run_record import toolkit_commit
         from talkingface.utils.seed import init_seed
+        from talkingface.utils.tracking import tracker_settings
 
         config = self.config
         init_seed(config["seed"], config["reproducible"])
-        clip_dirs = read_filelist(config, split)
-        if not clip_dirs:
-            raise InputError(f"the {split} split has no clips: preprocess more videos or choose another split")
-        max_clips = int(config["eval_max_clips"] or 0)
-        if max_clips:
-            clip_dirs = clip_dirs[:max_clips]
-        max_frames = int(config["eval_max_frames"] or 0)
+        clips = self._clips(split)
         n_videos = int(config["eval_num_sample_videos"] or 0)
-
         metrics, skipped = build_metrics(config, config["metrics"])
+        commit, modified = toolkit_commit()
+        facts = {"model": config["model"], "dataset": config["dataset"], "split": split,
+                 **(provenance or {}), "reference_frame": config["reference_frame"],
+                 "precision": "bf16" if use_bf16(config["infer_bf16"], syncer.device) else "fp32",
+                 "crop_size": int(config["crop_size"]), "tracker": tracker_settings(config),
+                 "max_clips": int(config["eval_max_clips"] or 0) or None,
+                 "max_frames_per_clip": int(config["eval_max_frames"] or 0) or None,
+                 "toolkit_commit": commit, "toolkit_modified": modified}
         started = time.time()
-        per_clip, mean = score_samples(metrics, self._samples(trainer, clip_dirs, max_frames, n_videos),
-                                       progress=len(clip_dirs))
-        results = {
-            "model": config["model"], "dataset": config["dataset"], "split": split,
-            "global_step": getattr(trainer, "global_step", None),
-            "clips": len(per_clip), "max_frames_per_clip": max_frames or None,
-            "metrics": [m.name for m in metrics], "skipped": skipped,
-            "mean": mean, "per_clip": per_clip,
-            "definitions": METRICS_DOC, "notes": NON_FINITE_NOTE,
-            "seconds": round(time.time() - started, 1),
-        }
+        per_clip, mean = score_samples(metrics, self._samples(syncer, clips, n_videos, any(m.name == "LSE" for m in metrics)), progress=len(clips))
+        results = {**facts, "clips": len(per_clip), "frames": mean["frames"],
+                   "metrics": [m.name for m in metrics], "skipped": skipped, "mean": mean, "per_clip": per_clip,
+                   "definitions": METRICS_DOC, "notes": NON_FINITE_NOTE, "seconds": round(time.time() - started, 1)}
         path = os.path.join(config["results_dir"], "metrics.json")
-        write_json_atomic(path, results)
-        logger.info("evaluation of %s on %s/%s (%d clips):\n%s", config["model"], config["dataset"], split,
-                    len(per_clip), format_table(per_clip, mean))
+        write_json_atomic(path, json_safe(results))   # strict JSON: non-finite values spelled out
+        logger.info("%s\n%s", header(results), format_table(per_clip, mean))
         logger.info("metrics written to %s", path)
         return results
+
+
+def header(results):
+    """The log table's header: what was scored and with what."""
+    def checkpoint(record):
+        if not record:
+            return "-"
+        step = record.get("step")
+        return f"{record.get('path')}" + (f" (step {step})" if step is not None else "")
+    lines = [f"evaluation of {results['model']} on {results['dataset']}/{results['split']}: "
+             f"{results['clips']} clips, {results['frames']} frames (pasted back, cut at {results['crop_size']} px)",
+             f"  checkpoint {checkpoint(results.get('checkpoint'))}"]
+    if results.get("base_checkpoint"):
+        lines.append(f"  on Base {checkpoint(results['base_checkpoint'])}")
+    tracker = ", ".join(f"{k} {v}" for k, v in results["tracker"].items())
+    lines.append(f"  reference_frame {results['reference_frame']}, {results['precision']}, tracker: {tracker}, "
+                 f"toolkit {results.get('toolkit_commit') or 'unknown commit'}"
+                 f"{' (modified)' if results.get('toolkit_modified') else ''}")
+    return "\n".join(lines)
+
+
+def evaluate_checkpoint(config, split=None):
+    """--mode=evaluate for HyperLipsBase / HyperLipsHR: the networks from their checkpoints (as
+    --mode=infer loads them: no optimizer, discriminator or loss network), config["eval_split"]."""
+    from talkingface.inference.networks import checkpoint_paths, load_inference_networks
+    from talkingface.inference.pipeline import LipSyncer
+    from talkingface.utils.fingerprint import checkpoint_fingerprint
+
+    from talkingface.utils.files import write_json_atomic
+    from talkingface.utils.run_record import run_record
+
+    base_path, hr_path = checkpoint_paths(config)
+    syncer = LipSyncer(config, networks=load_inference_networks(config, config["device"], (base_path, hr_path)))
+    main = checkpoint_fingerprint(hr_path or base_path)
+    provenance = {"checkpoint": main, "global_step": main["step"]}
+    if hr_path is not None:
+        provenance["base_checkpoint"] = checkpoint_fingerprint(base_path)
+    write_json_atomic(os.path.join(config["results_dir"], "run.json"),
+                      run_record(config, evaluated_checkpoint=main["path"], evaluated_step=main["step"]))
+    return Evaluator(config).evaluate(syncer, split or config["eval_split"], provenance)

@@ -1,6 +1,6 @@
 """SyncScore's embeddings: the project's own trained lip-sync expert (SyncNet_color, 128 px).
 
-The expert sees what it was trained on (HYPERLIPS.md, the contract's mel convention):
+The expert sees what it was trained on (docs/architecture.md: frame k's mel chunk):
 - video window i = lower halves (rows 64..127) of frames i..i+4 resized to 128x128, BGR float
   [0,1], stacked frame after frame on the channels -> (N, 15, 64, 128);
 - audio window i = the HyperLips mel chunk of frame i, `mel_chunk(melspectrogram(wav), i)` -> (N,1,80,16);
@@ -14,10 +14,8 @@ import cv2
 import numpy as np
 import torch
 
-from talkingface.utils.audio import mel_chunk, melspectrogram
-
-EXPERT_SIZE = 128
-SAMPLES_PER_FRAME = 640
+from talkingface.model.inputs import EXPERT_SIZE
+from talkingface.utils.audio import SAMPLES_PER_FRAME, mel_chunk, melspectrogram
 
 
 def expert_windows(frames_bgr, hflip=False):

@@ -12,6 +12,12 @@ clip's driving audio (the reconstruction setting). Definitions, so a paper table
   distance between corresponding points divided by the crop side (so 0.01 = 1% of the crop;
   multiply by 256 for pixels at 256x256). No alignment (both crops come from the same box).
   Frames where the mesh misses a face on either side are skipped and counted (LMD-skipped).
+- LipJitter: temporal stability of the mouth. With the same lip landmarks, the velocity of each
+  point between consecutive frames, generated minus real: the mean Euclidean norm of that
+  difference divided by the crop side. 0 when the generated lips move exactly as the real ones
+  (a real clip against itself); a mouth that shakes from frame to frame raises it even where its
+  mean position is right (a constant offset leaves it at 0, LMD does not). The mesh runs on each
+  frame independently (no tracking, which would smooth the jitter away).
 - LSE-C / LSE-D: official SyncNet (syncnet_v2) confidence and distance (see syncnet_v2.py, sync.py).
 - SyncScore-C / SyncScore-D: the same procedure with the project's own lip-sync expert
   (expert.py); NOT comparable with published LSE numbers, hence the different name.
@@ -22,7 +28,7 @@ the distance / confidence at offset 0, which (unlike -C/-D) get worse when audio
 """
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -45,8 +51,14 @@ METRICS_DOC = {
             "definition, computed in float64), mean over frames; 1 for identical frames",
     "LMD": "mean Euclidean distance of the 40 face-mesh lip landmarks, divided by the crop side "
            "(x256 = pixels at 256x256); frames where the mesh fails on either side skipped (LMD-skipped)",
+    "LipJitter": "mean Euclidean norm of (generated - real) per-frame velocity of the 40 face-mesh lip "
+                 "landmarks, divided by the crop side, over consecutive frame pairs meshed on both sides "
+                 "(LipJitter-pairs); 0 for a real clip against itself",
     "LSE-C/LSE-D": "official syncnet_v2 confidence (median-min) and min mean distance over audio "
-                   "offsets -vshift..vshift (vshift 15), on the generated crops resized to 224",
+                   "offsets -vshift..vshift (vshift 15), on 224x224 crops cut from the full generated "
+                   "frames with syncnet_python's geometry (face box median-filtered over 13 frames, "
+                   "40% context) when the frames are available (the scorer on videos), otherwise on "
+                   "the generated face crops resized to 224",
     "SyncScore-C/SyncScore-D": "the LSE procedure with the project's own lip-sync expert "
                                "(lower halves at 128, HyperLips mel chunks, Euclidean distance of "
                                "L2-normalised embeddings); not comparable with published LSE",
@@ -59,12 +71,18 @@ METRICS_DOC = {
 
 @dataclass
 class EvalSample:
-    """One clip to score: generated and real uint8 BGR frames (n,H,W,3) and 16 kHz mono audio."""
+    """One clip to score: generated and real uint8 BGR frames (n,H,W,3) and 16 kHz mono audio.
+
+    `sync_crops`, when the loader has the full frames and face boxes, holds the generated frames
+    cut with the syncnet_python geometry (`syncnet_v2.syncnet_crops`, 224x224) for LSE; without it
+    LSE resizes the face crops. `cache` holds per-clip work shared by metrics (lip landmarks)."""
     name: str
     generated: np.ndarray
     real: np.ndarray
     wav: np.ndarray = None
     fps: float = 25.0
+    sync_crops: np.ndarray = None
+    cache: dict = field(default_factory=dict, repr=False)
 
 
 class Metric:
@@ -159,46 +177,80 @@ def lip_landmark_indices():
     return np.array(sorted({i for edge in FACEMESH_LIPS for i in edge}))
 
 
-def lip_landmark_distance(landmarks_a, landmarks_b, indices, crop_side):
-    """Mean distance between the lip landmarks of two (468,2) meshes, as a fraction of the crop side."""
-    return float(np.linalg.norm(landmarks_a[indices] - landmarks_b[indices], axis=1).mean() / crop_side)
+def lip_landmark_distance(lips_a, lips_b, crop_side):
+    """Mean distance between corresponding lip landmarks (P,2), as a fraction of the crop side."""
+    return float(np.linalg.norm(lips_a - lips_b, axis=1).mean() / crop_side)
 
 
-@METRICS.register("LMD")
-class LMD(Metric):
-    name = "LMD"
-    count_keys = ("LMD-frames", "LMD-skipped")
+class _LipMetric(Metric):
+    """Metrics over the lip landmarks of both sides of a sample, meshed once per sample."""
 
     def __init__(self, config):
         super().__init__(config)
         self.indices = lip_landmark_indices()
         self._mesh = None
 
-    def mesh(self):
-        if self._mesh is None:
-            from talkingface.utils.face import FaceMesh
-            self._mesh = FaceMesh(static_image_mode=True)
-        return self._mesh
+    def lip_landmarks(self, sample):
+        """(generated, real): lists of (40,2) lip landmarks per frame, None where the mesh missed."""
+        if "lip_landmarks" not in sample.cache:
+            if self._mesh is None:
+                from talkingface.utils.face import FaceMesh
+                self._mesh = FaceMesh(static_image_mode=True)   # per frame: tracking would hide jitter
 
-    def compute(self, sample):
-        distances, skipped = [], 0
-        for gen, real in zip(sample.generated, sample.real):
-            a, b = self.mesh().landmarks(gen), self.mesh().landmarks(real)
-            if a is None or b is None:
-                skipped += 1
-                continue
-            distances.append(lip_landmark_distance(a, b, self.indices, gen.shape[1]))
-        if skipped:
-            logger.info("LMD: face mesh missed %d of %d frame pairs of %s (skipped)", skipped,
-                        len(sample.generated), sample.name)
-        return {"LMD": float(np.mean(distances)) if distances else None,
-                "LMD-frames": len(distances), "LMD-skipped": skipped}
+            def lips(frames):
+                found = [self._mesh.landmarks(frame) for frame in frames]
+                return [None if points is None else points[self.indices] for points in found]
+
+            sample.cache["lip_landmarks"] = (lips(sample.generated), lips(sample.real))
+        return sample.cache["lip_landmarks"]
 
     def finish(self):
         if self._mesh is not None:
             self._mesh.close()
             self._mesh = None
         return {}
+
+
+@METRICS.register("LMD")
+class LMD(_LipMetric):
+    name = "LMD"
+    count_keys = ("LMD-frames", "LMD-skipped")
+
+    def compute(self, sample):
+        side = sample.generated.shape[1]
+        generated, real = self.lip_landmarks(sample)
+        distances = [lip_landmark_distance(a, b, side) for a, b in zip(generated, real)
+                     if a is not None and b is not None]
+        skipped = len(generated) - len(distances)
+        if skipped:
+            logger.info("LMD: face mesh missed %d of %d frame pairs of %s (skipped)", skipped,
+                        len(generated), sample.name)
+        return {"LMD": float(np.mean(distances)) if distances else None,
+                "LMD-frames": len(distances), "LMD-skipped": skipped}
+
+
+def lip_velocity_difference(generated, real, crop_side):
+    """Per consecutive frame pair t, t+1 meshed on both sides: the mean over lip points of
+    |(g[t+1] - g[t]) - (r[t+1] - r[t])| / crop_side. Lists of (P,2) arrays or None."""
+    values = []
+    for t in range(len(generated) - 1):
+        pair = (generated[t], generated[t + 1], real[t], real[t + 1])
+        if any(points is None for points in pair):
+            continue
+        g0, g1, r0, r1 = pair
+        values.append(float(np.linalg.norm((g1 - g0) - (r1 - r0), axis=1).mean() / crop_side))
+    return values
+
+
+@METRICS.register("LipJitter")
+class LipJitter(_LipMetric):
+    name = "LipJitter"
+    count_keys = ("LipJitter-pairs",)
+
+    def compute(self, sample):
+        generated, real = self.lip_landmarks(sample)
+        values = lip_velocity_difference(generated, real, sample.generated.shape[1])
+        return {"LipJitter": float(np.mean(values)) if values else None, "LipJitter-pairs": len(values)}
 
 
 class _SyncMetric(Metric):
@@ -240,6 +292,11 @@ class LSE(_SyncMetric):
             return
         from talkingface.evaluator.syncnet_v2 import load_syncnet_v2
         self.net = load_syncnet_v2(path, self.device)
+
+    def compute(self, sample):
+        if sample.sync_crops is not None:     # cut from the full frames as syncnet_python does
+            sample = replace(sample, generated=sample.sync_crops)
+        return super().compute(sample)
 
     def embeddings(self, frames, wav):
         from talkingface.evaluator.syncnet_v2 import syncnet_v2_embeddings
@@ -328,12 +385,3 @@ def build_metrics(config, names):
             continue
         metrics.append(metric)
     return metrics, skipped
-
-
-def preprocess_pair(generated, real):
-    """Bring the real frames to the generated size (the GT crop at the same size) and equal length."""
-    n = min(len(generated), len(real))
-    size = generated.shape[1:3]
-    real = np.stack([f if f.shape[:2] == size else cv2.resize(f, (size[1], size[0]), interpolation=cv2.INTER_AREA)
-                     for f in real[:n]])
-    return generated[:n], real

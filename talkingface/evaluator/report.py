@@ -1,7 +1,5 @@
-"""metrics.json (strict JSON, written atomically) and the readable table of a results dict."""
+"""The readable table of a results dict, and json_safe: metrics.json values as strict JSON."""
 import math
-
-from talkingface.utils import files
 
 # Not every consumer parses JSON's non-standard Infinity, so inf/nan become strings/null.
 NON_FINITE_NOTE = ('"inf" stands for +infinity (e.g. PSNR of identical frames); null means no value '
@@ -22,11 +20,6 @@ def json_safe(value):
         if math.isinf(value):
             return "inf" if value > 0 else "-inf"
     return value
-
-
-def write_json_atomic(path, data):
-    """Metrics as strict JSON: non-finite values spelled out (json_safe), written atomically."""
-    files.write_json_atomic(path, json_safe(data))
 
 
 def _cell(value):

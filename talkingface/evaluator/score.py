@@ -1,14 +1,16 @@
 """Score any method's output against ground truth with the toolkit's metrics; prints JSON.
 
     python -m talkingface.evaluator.score --generated A --real B [--audio WAV]
-        [--metrics PSNR SSIM LMD SyncScore] [--sync_expert PATH] [--size 256]
+        [--metrics PSNR SSIM LMD LipJitter SyncScore] [--sync_expert PATH] [--size 256]
 
 A and B are each one clip (a video file, or a folder of frame images taken as face crops) or a
-folder of clips (videos and/or frame folders) matched by name. For videos the face is found
-the way preprocessing finds it (FaceDetector per frame, box padded at the bottom, smoothed over
-frames) and cropped to --size; the boxes found in the REAL video are used for both videos when
-their frame sizes agree, so the pixel metrics compare the same region. Frame folders are resized
-to --size. Audio: --audio, else the generated video's own audio track.
+folder of clips (videos and/or frame folders) matched by name. For videos the face is found by
+the toolkit's one face tracker (utils/tracking.py, its settings from overall.yaml: the same boxes
+preprocessing, inference and --mode=evaluate use) and cropped to --size; the boxes found in the
+REAL video are used for both videos when their frame sizes agree, so the pixel metrics compare the
+same region (frames where the tracker has no face are left out of both). With --size equal to
+crop_size this is what --mode=evaluate computes. Frame folders are resized to --size. Audio:
+--audio, else the generated video's own audio track.
 """
 import argparse
 import json
@@ -20,10 +22,9 @@ import sys
 import numpy as np
 
 from talkingface.utils.errors import InputError, TalkingFaceError
+from talkingface.utils.video import VIDEO_EXTENSIONS, is_image
 
 logger = logging.getLogger("talkingface.evaluator.score")   # also when run as __main__
-
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".mpg", ".mpeg", ".m4v", ".flv")
 
 
 def _natural_key(name):
@@ -31,11 +32,10 @@ def _natural_key(name):
 
 
 def _is_video(path):
-    return os.path.isfile(path) and path.lower().endswith(VIDEO_EXTENSIONS)
+    return os.path.isfile(path) and os.path.splitext(path)[1].lower() in VIDEO_EXTENSIONS
 
 
 def _frame_files(folder):
-    from talkingface.utils.video import is_image
     return sorted((n for n in os.listdir(folder) if is_image(n)), key=_natural_key)
 
 
@@ -46,7 +46,7 @@ def list_clips(path):
     if _is_video(path):
         return {os.path.splitext(os.path.basename(path))[0]: path}
     if not os.path.isdir(path):
-        raise InputError(f"{path} is neither a video ({', '.join(VIDEO_EXTENSIONS)}) nor a folder")
+        raise InputError(f"{path} is neither a video ({', '.join(sorted(VIDEO_EXTENSIONS))}) nor a folder")
     if _frame_files(path):
         return {os.path.basename(os.path.normpath(path)): path}
     clips = {}
@@ -85,23 +85,16 @@ def read_video(path, max_frames):
 
 
 def detect_boxes(frames, config):
-    """Per-frame face boxes as in preprocessing: detect, pad at the bottom, smooth over frames
-    (frames without a face take boxes interpolated from their neighbours)."""
-    from talkingface.utils.face import FaceDetector, pad_box, smooth_boxes
+    """Per-frame face boxes (n, 4) from the one face tracker with config's settings; NaN rows
+    where it has no face."""
+    from talkingface.utils.tracking import track_faces, tracker_arguments
     height, width = frames[0].shape[:2]
-    boxes = np.full((len(frames), 4), np.nan, dtype=np.float64)
-    with FaceDetector(max_side=int(config["detect_max_side"])) as detector:
-        for k, frame in enumerate(frames):
-            found = detector.detect(frame)
-            if found:
-                boxes[k] = found[0][:4]
-    boxes = pad_box(boxes, bottom=int(config["face_pad_bottom"]), width=width, height=height)  # misses stay NaN
-    return smooth_boxes(boxes, window=int(config["box_smooth_window"]))        # and are interpolated here
+    return track_faces(frames, width, height, **tracker_arguments(config)).astype(np.float64)
 
 
 def crop_frames(frames, boxes, size):
     from talkingface.utils.face import crop_resize
-    return np.stack([crop_resize(f, b, size) for f, b in zip(frames, boxes)])
+    return np.stack([crop_resize(f, b, size) for f, b in zip(frames, boxes) if np.isfinite(b).all()])
 
 
 def load_frame_folder(folder, size, max_frames):
@@ -117,8 +110,10 @@ def load_frame_folder(folder, size, max_frames):
     return np.stack(frames)
 
 
-def load_pair(generated, real, size, max_frames, config):
-    """Face crops (uint8 BGR, size x size) of a generated and a real clip, equal length."""
+def load_pair(generated, real, size, max_frames, config, sync_crops=False):
+    """Face crops (uint8 BGR, size x size) of a generated and a real clip, equal length, and with
+    `sync_crops` the generated video's crops for LSE cut with syncnet_python's geometry (None
+    when the generated clip is a frame folder)."""
     if _is_video(real):
         real_frames = read_video(real, max_frames)
         boxes = detect_boxes(real_frames, config)
@@ -128,12 +123,24 @@ def load_pair(generated, real, size, max_frames, config):
     if _is_video(generated):
         gen_frames = read_video(generated, max_frames)
         same_geometry = _is_video(real) and gen_frames[0].shape == real_frames[0].shape
-        gen_boxes = boxes if same_geometry and len(gen_frames) <= len(boxes) else detect_boxes(gen_frames, config)
+        if same_geometry:   # the real boxes, frame for frame (the shorter of the two clips)
+            n = min(len(gen_frames), len(real_frames))
+            gen_frames, gen_boxes = gen_frames[:n], boxes[:n]
+            real_crops = crop_frames(real_frames[:n], boxes[:n], size)
+        else:
+            gen_boxes = detect_boxes(gen_frames, config)
         gen_crops = crop_frames(gen_frames, gen_boxes, size)
+        if sync_crops:
+            from talkingface.evaluator.syncnet_v2 import syncnet_crops
+            found = np.isfinite(gen_boxes).all(axis=1)
+            face_boxes = np.array(gen_boxes[found], dtype=np.float64)
+            face_boxes[:, 3] -= int(config["face_pad_bottom"])   # the detector's box, without our chin pad
+            sync_crops = syncnet_crops([f for f, keep in zip(gen_frames, found) if keep], face_boxes)
     else:
         gen_crops = load_frame_folder(generated, size, max_frames)
     n = min(len(gen_crops), len(real_crops))
-    return gen_crops[:n], real_crops[:n]
+    sync = sync_crops[:n] if isinstance(sync_crops, np.ndarray) else None
+    return gen_crops[:n], real_crops[:n], sync
 
 
 def load_clip_audio(audio, generated):
@@ -181,13 +188,14 @@ def score(args, pairs):
 
     def samples():
         for name, generated, real in pairs:
-            gen, ref = load_pair(generated, real, args.size, args.max_frames, config)
+            gen, ref, sync_crops = load_pair(generated, real, args.size, args.max_frames, config,
+                                             sync_crops=any(m.name == "LSE" for m in metrics))
             wav = load_clip_audio(args.audio, generated)
             if needs_audio and wav is None:
                 raise InputError(f"no audio for {name}: pass --audio WAV or give videos with sound")
             if wav is not None:
                 wav = wav[:len(gen) * SAMPLE_RATE // 25]
-            yield EvalSample(name=name, generated=gen, real=ref, wav=wav)
+            yield EvalSample(name=name, generated=gen, real=ref, wav=wav, sync_crops=sync_crops)
 
     per_clip, mean = score_samples(metrics, samples(), progress=len(pairs))
     return json_safe({"metrics": [m.name for m in metrics], "skipped": skipped, "mean": mean,
@@ -201,7 +209,7 @@ def parse_args(argv=None):
     parser.add_argument("--generated", required=True, help="video, frame folder, or folder of clips")
     parser.add_argument("--real", required=True, help="ground truth, same form as --generated")
     parser.add_argument("--audio", help="driving audio (wav, mp3 or a video); default: the generated video's track")
-    parser.add_argument("--metrics", nargs="+", default=["PSNR", "SSIM", "LMD", "SyncScore"])
+    parser.add_argument("--metrics", nargs="+", default=["PSNR", "SSIM", "LMD", "LipJitter", "SyncScore"])
     parser.add_argument("--sync_expert", help="SyncNet expert checkpoint for SyncScore")
     parser.add_argument("--syncnet_v2", help="official syncnet_v2.model for LSE")
     parser.add_argument("--inception", help="InceptionV3 weights for FID")

@@ -7,9 +7,14 @@ carry a `__S__.` or `module.` prefix). How the official evaluation feeds it, rep
 - audio: 13 MFCCs at 100 Hz (`mfcc.syncnet_mfcc`), window i = columns 4i..4i+20, shaped (N,1,13,20);
 - windows i = 0 .. min(n_frames, len(audio)//640) - 6 (the official `lastframe = min_length - 5`);
 - embeddings are 1024-d and NOT normalised; distances are Euclidean (`sync.sync_scores`, zero-padded).
-The one difference from the syncnet_python pipeline: the crops are ours (face box + 10 px chin,
-see HYPERLIPS.md), not its S3FD track crop with 40% context, so absolute values can differ
-slightly from numbers produced by that pipeline.
+
+Crops. syncnet_python cuts its 224x224 input from the full frame around the face track
+(`syncnet_crops` below reproduces its geometry: box centre and half-size median-filtered over 13
+frames, 40% context, more below the face than above, grey padding past the frame edge). Where the
+full frames and face boxes are at hand (the standalone scorer on videos) LSE is fed those crops,
+from our face tracker's boxes; the one remaining difference to that pipeline is the detector
+(mediapipe instead of S3FD, whose boxes are a little larger). Where only face crops exist, they
+are resized to 224 instead, which frames the face tighter and moves LSE values.
 """
 import cv2
 import numpy as np
@@ -17,12 +22,58 @@ import torch
 from torch import nn
 
 from talkingface.evaluator.mfcc import syncnet_mfcc
+from talkingface.utils.audio import SAMPLES_PER_FRAME
 from talkingface.utils.checkpoint import load_checkpoint_file
 from talkingface.utils.errors import CheckpointError
 
 EMBEDDING_DIM = 1024
 INPUT_SIZE = 224
-SAMPLES_PER_FRAME = 640   # 16000 / 25
+
+# syncnet_python's run_pipeline crop: context around the face box (--crop_scale), the median
+# filter over box centre and size, and the grey of the padding beyond the frame.
+CROP_SCALE = 0.4
+BOX_MEDIAN_KERNEL = 13
+PAD_GREY = 110
+
+
+def zero_padded_median(values, kernel):
+    """Centred running median with zeros beyond both ends (scipy.signal.medfilt's convention)."""
+    values = np.asarray(values, dtype=np.float64)
+    half = kernel // 2
+    padded = np.concatenate([np.zeros(half), values, np.zeros(half)])
+    return np.median(np.lib.stride_tricks.sliding_window_view(padded, kernel), axis=1)
+
+
+def syncnet_crop_geometry(boxes):
+    """(centre x, centre y, half size) per frame of (n, 4) face boxes x1, y1, x2, y2, each
+    median-filtered over BOX_MEDIAN_KERNEL frames; half size = half the longer box side."""
+    boxes = np.asarray(boxes, dtype=np.float64)
+    half = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) / 2
+    centre_x, centre_y = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+    return tuple(zero_padded_median(v, BOX_MEDIAN_KERNEL) for v in (centre_x, centre_y, half))
+
+
+def syncnet_crop(frame, centre_x, centre_y, half, crop_scale=CROP_SCALE):
+    """The face crop syncnet_python feeds SyncNet, INPUT_SIZE square: rows from `half` above the
+    centre to half*(1+2*crop_scale) below it, columns half*(1+crop_scale) either side; pixels
+    beyond the frame are PAD_GREY. Bounds are truncated in the padded frame, as there."""
+    pad = int(half * (1 + 2 * crop_scale))
+    cy, cx = centre_y + pad, centre_x + pad          # in the frame padded by `pad` on every side
+    top, bottom = int(cy - half), int(cy + half * (1 + 2 * crop_scale))
+    left, right = int(cx - half * (1 + crop_scale)), int(cx + half * (1 + crop_scale))
+    height, width = frame.shape[:2]
+    face = np.full((bottom - top, right - left, frame.shape[2]), PAD_GREY, dtype=frame.dtype)
+    y0, y1 = max(top, pad), min(bottom, pad + height)        # the part inside the real frame
+    x0, x1 = max(left, pad), min(right, pad + width)
+    if y1 > y0 and x1 > x0:
+        face[y0 - top:y1 - top, x0 - left:x1 - left] = frame[y0 - pad:y1 - pad, x0 - pad:x1 - pad]
+    return cv2.resize(face, (INPUT_SIZE, INPUT_SIZE))
+
+
+def syncnet_crops(frames, boxes):
+    """(n, 224, 224, 3) crops of full frames with the syncnet_python geometry; boxes (n, 4) without NaN."""
+    centre_x, centre_y, half = syncnet_crop_geometry(boxes)
+    return np.stack([syncnet_crop(frame, centre_x[k], centre_y[k], half[k]) for k, frame in enumerate(frames)])
 
 
 def _conv_bn_relu(conv, bn):

@@ -7,7 +7,20 @@ with enough context on both sides gives the same columns as one call on the whol
 """
 import numpy as np
 
-from talkingface.utils.audio import HOP_SIZE, WIN_SIZE, melspectrogram
+from talkingface.utils.audio import HOP_SIZE, SAMPLE_RATE, WIN_SIZE, melspectrogram
+from talkingface.utils.errors import InputError
+
+# Shortest driving audio: two 25 fps frames. Shorter audio makes a video of at most one frame, and
+# ffmpeg's -shortest then drops the audio track (or, under 0.04 s, the video track) of the output
+# (tests/test_inference_faults.py::test_audio_shorter_than_two_frames_is_refused shows both).
+MIN_AUDIO_SECONDS = 2 / 25
+
+
+def check_audio_duration(n_samples, name):
+    """One-line InputError when `n_samples` of 16 kHz audio are too short to drive a video."""
+    if n_samples < MIN_AUDIO_SECONDS * SAMPLE_RATE:
+        raise InputError(f"the audio {name} lasts {n_samples / SAMPLE_RATE:.3f} s: give at least "
+                         f"{MIN_AUDIO_SECONDS:.2f} s of audio (two video frames at 25 fps)")
 
 # Context kept before the first wanted frame: its half window plus one hop for pre-emphasis,
 # rounded up to whole hops so column j of a piece is global column (start / HOP_SIZE) + j.

@@ -2,12 +2,15 @@
 
 --model=HyperLipsBase: Base weights = --checkpoint, else the latest in checkpoints/<dataset>/HyperLipsBase/.
 --model=HyperLipsHR:   HR decoder = --checkpoint, else the latest in checkpoints/<dataset>/HyperLipsHR/;
-                       Base weights = config["base_checkpoint"], else the latest Base checkpoint.
+                       Base weights = the Base checkpoint the HR checkpoint was trained on (it records
+                       it), else config["base_checkpoint"], else the latest Base checkpoint
+                       (utils.fingerprint.paired_base_checkpoint).
 The HR decoder's output size (128/256/512) comes from its checkpoint, never from the config.
 """
 import logging
 
 from talkingface.utils.checkpoint import stage_checkpoint
+from talkingface.utils.fingerprint import paired_base_checkpoint
 from talkingface.utils.errors import CheckpointError, ConfigError, TalkingFaceError
 
 logger = logging.getLogger(__name__)
@@ -36,13 +39,13 @@ def checkpoint_paths(config):
     if model == "HyperLipsBase":
         return stage_checkpoint(config, model, config["checkpoint"]), None
     hr = stage_checkpoint(config, model, config["checkpoint"])
-    base = stage_checkpoint(config, "HyperLipsBase", config["base_checkpoint"], "base_checkpoint")
+    base, _ = paired_base_checkpoint(config, hr)
     return base, hr
 
 
-def load_inference_networks(config, device):
-    """(base, hr or None) networks in eval mode on `device`."""
-    base_path, hr_path = checkpoint_paths(config)
+def load_inference_networks(config, device, paths=None):
+    """(base, hr or None) networks in eval mode on `device`; `paths`: checkpoint_paths(config) when known."""
+    base_path, hr_path = paths or checkpoint_paths(config)
     base = load_checked("HyperLipsBase", base_path).to(device)
     logger.info("HyperLipsBase weights: %s", base_path)
     hr = None

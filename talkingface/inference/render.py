@@ -1,14 +1,20 @@
 """Per-batch lip-sync of frames whose face box is known: crop, networks, paste back.
 
-Base: crop -> 128 px; input = [crop with its lower half zeroed, the video's first face crop as
-reference] (as the official inference and the HR training data do: a fixed reference never shows
-the target frame's own mouth) and the output frame's mel chunk;
+Base: crop -> 128 px; input = [crop with its lower half zeroed, a reference crop] (model.inputs;
+the reference per `reference_frame`: the video's first face crop by default, as the HR training
+data, or the frame itself, or the frame half the video away) and the output frame's mel chunk;
 HyperLipsBase -> 128 px face.
 HR:   face mesh of that Base output (landmarks averaged over a short centred window) -> the HR
 training recipe (draw_sketch at 128 px + hyperlipshr_dataset.decoder_input, which applies
 sketch_for_decoder) -> HRDecoder at its trained size.
 The generated face is pasted into the frame through the soft mouth mask of the ORIGINAL crop's
 face mesh (paste.py), so everything outside the mouth region keeps its pixels.
+
+What does not depend on the audio (crop, reference, mask, landmarks, face-encoder features) is
+computed once per source frame by prepare() and, given an AvatarStore (avatar.py), kept there:
+ping-pong passes, a still image's frames and later runs (the avatar cache) reuse it. The face
+encoder always runs in batches of ENCODER_BATCH (padded), so its features are the same bits
+whatever infer_batch_size is, and a cached avatar serves every batch size.
 """
 import collections
 import contextlib
@@ -18,20 +24,19 @@ import cv2
 import numpy as np
 import torch
 
+from talkingface.inference.avatar import FaceRecord
 from talkingface.inference.paste import mouth_mask, paste_face
+from talkingface.inference.profile import OFF
+from talkingface.data.dataset.hr_layout import BASE_SIZE
+from talkingface.model.inputs import masked_input, reference_index, to_uint8_images
 from talkingface.utils.audio import mel_chunk
 from talkingface.utils.face import FaceMesh, box_to_int, crop_resize
 from talkingface.utils.sketch import draw_sketch
 
 logger = logging.getLogger(__name__)
 
-BASE_SIZE = 128
 MAX_MESH_REUSE = 5  # frames a missed face mesh of the original crop is replaced by the last one
-
-
-def to_uint8_images(tensor):
-    """(N,3,H,W) float [0,1] -> (N,H,W,3) uint8, rounded as the HR data preprocessing does."""
-    return tensor.float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+ENCODER_BATCH = 8   # the face encoder's batch (the default infer_batch_size)
 
 
 class LipSyncRenderer:
@@ -41,11 +46,14 @@ class LipSyncRenderer:
     boxes (n_src, 4) float with NaN rows (pass through); feather: paste-mask feathering as a
     fraction of the face size; landmark_window: HR landmark smoothing (frames, 1 = off);
     bf16: run the networks under bfloat16 autocast; batch_size: the network batch (short batches
-    are padded to it).
+    are padded to it); reference: the reference_frame policy (model.inputs), with `frame_at(index)`
+    giving any source frame for "half_clip"; store: an AvatarStore keeping prepare()'s records
+    (None: they live for one batch); profiler: a profile.StageProfiler (default off).
     """
 
     def __init__(self, base, hr, mel, boxes, frame_size, device, batch_size=8, feather=0.06,
-                 landmark_window=3, bf16=False, cache_masks=False):
+                 landmark_window=3, bf16=False, reference="first", frame_at=None, store=None,
+                 profiler=OFF):
         # channels_last + bfloat16 is ~2x faster on CPUs with native bf16 (oneDNN kernels)
         self.base = base.to(memory_format=torch.channels_last)
         self.hr = hr.to(memory_format=torch.channels_last) if hr is not None else None
@@ -62,9 +70,10 @@ class LipSyncRenderer:
         self.history = collections.deque(maxlen=self.landmark_window // 2)
         self.last_landmarks = None
         self.last_source_landmarks, self.source_misses = None, 0
-        self.cache_masks = cache_masks  # a still image: one crop, one mask for every frame
-        self._source_cache = {}
-        self.reference = None  # 128 px crop of the first face: the generator's reference frame
+        self.store = store
+        self.profiler = profiler
+        self.reference = None  # 128 px crop of the first face: the reference of policy "first"
+        self.reference_policy, self.frame_at = reference, frame_at
         self.mesh_misses = 0
         if hr is not None:
             from talkingface.data.dataset.hyperlipshr_dataset import decoder_input
@@ -77,9 +86,7 @@ class LipSyncRenderer:
 
     # ------------------------------------------------------------------ per source frame
     def _source_face(self, source_index, frame):
-        """(int box, 128 px crop, paste mask at box size, crop landmarks at 128 px or None)."""
-        if source_index in self._source_cache:
-            return self._source_cache[source_index]
+        """(int box, 128 px crop, paste mask at 128 px, crop landmarks at 128 px or None)."""
         box = box_to_int(self.boxes[source_index], self.width, self.height)
         crop = crop_resize(frame, box, BASE_SIZE)
         landmarks = self.source_mesh.landmarks(crop)
@@ -93,14 +100,8 @@ class LipSyncRenderer:
         else:
             self.source_misses = 0
             self.last_source_landmarks = landmarks
-        # The mask is built at 128 px (cheap at any video size) and resized to the box.
-        mask = mouth_mask(landmarks, BASE_SIZE, BASE_SIZE, self.feather)
-        w, h = box[2] - box[0], box[3] - box[1]
-        mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_LINEAR)
-        result = (box, crop, mask, landmarks)
-        if self.cache_masks:
-            self._source_cache[source_index] = result
-        return result
+        # The mask is built at 128 px (cheap at any video size) and resized to the box when pasted.
+        return box, crop, mouth_mask(landmarks, BASE_SIZE, BASE_SIZE, self.feather), landmarks
 
     # ------------------------------------------------------------------ networks
     def _autocast(self):
@@ -113,18 +114,96 @@ class LipSyncRenderer:
         batch shape, so their kernels are set up once (a new shape costs ~0.5 s of CPU each)."""
         return list(items) + [items[-1]] * max(0, self.batch_size - len(items))
 
-    def _base(self, crops, output_indices):
-        n = len(crops)
-        faces = torch.from_numpy(np.stack(self._padded(crops))).to(self.device).permute(0, 3, 1, 2).float().div_(255)
-        target = faces.clone()
-        target[:, :, BASE_SIZE // 2:] = 0
-        reference = torch.from_numpy(self.reference).to(self.device).permute(2, 0, 1).float().div_(255)
-        faces = reference.unsqueeze(0).expand_as(target)
-        audio = np.stack([mel_chunk(self.mel, k) for k in self._padded(output_indices)])[:, None]
+    def _references(self, crops, source_indices):
+        """The 128 px reference crop of each frame under the reference_frame policy."""
+        if self.reference_policy == "first":
+            return [self.reference] * len(crops)
+        if self.reference_policy == "same":
+            return crops
+        n = len(self.boxes)
+        out = []
+        for crop, src in zip(crops, source_indices):
+            index = reference_index(self.reference_policy, src, n)
+            box = self.boxes[index]
+            if not np.isfinite(box).all():  # no face there: the frame's own crop
+                out.append(crop)
+                continue
+            out.append(crop_resize(self.frame_at(index), box_to_int(box, self.width, self.height), BASE_SIZE))
+        return out
+
+    def _tensor(self, crops, size=None):
+        padded = list(crops) + [crops[-1]] * max(0, (size or self.batch_size) - len(crops))
+        return torch.from_numpy(np.stack(padded)).to(self.device).permute(0, 3, 1, 2).float().div_(255)
+
+    def _face_input(self, crops, references, size=None):
+        return masked_input(self._tensor(crops, size), self._tensor(references, size)).contiguous(
+            memory_format=torch.channels_last)
+
+    @torch.inference_mode()
+    def prepare(self, items):
+        """items: (source_index, frame) pairs -> {source_index: FaceRecord} for those with a face:
+        taken from the store when there, else computed (face mesh, mask, face encoder) and stored."""
+        records, todo = {}, []
+        for src, frame in items:
+            if src in records or not np.isfinite(self.boxes[src]).all():
+                continue
+            if self.store is not None and self.store.ready(src):
+                records[src] = self.store.get(src)
+                continue
+            with self.profiler.stage("mesh_masks"):
+                box, crop, mask, landmarks = self._source_face(src, frame)
+                if self.reference is None:
+                    self.reference = crop.copy()
+            records[src] = FaceRecord(box, crop, None, mask, landmarks)
+            todo.append(src)
+        if not todo:
+            return records
+        with self.profiler.stage("face_encoder"):
+            for start in range(0, len(todo), ENCODER_BATCH):
+                part = todo[start:start + ENCODER_BATCH]
+                crops = [records[src].crop for src in part]
+                references = self._references(crops, part)
+                with self._autocast():
+                    features = self.base.encode_face(self._face_input(crops, references, ENCODER_BATCH))
+                # stored channels-last (N, H, W, C) float32 (exact for bfloat16 too)
+                features = [f.float().permute(0, 2, 3, 1).cpu().numpy() for f in features]
+                for i, (src, reference) in enumerate(zip(part, references)):
+                    record = records[src]
+                    record.reference = reference
+                    record.features = tuple(f[i] for f in features)
+                    if self.store is not None:
+                        self.store.put(src, record)
+        return records
+
+    @torch.inference_mode()
+    def warm_up(self):
+        """Run the networks once on a prepared frame (their kernels are set up on the first call,
+        ~0.5 s each), so that a stream's first frames are not late; no state changes."""
+        store = self.store
+        index = next((i for i in range(store.n) if store.ready(i)), None) if store is not None else None
+        if index is None:
+            return
+        record = store.get(index)
+        faces = self._generate([record], [0], [np.zeros((80, 16), np.float32)])
+        if self.hr is not None:
+            with self._autocast():
+                self.hr(torch.zeros((self.batch_size, 6, BASE_SIZE, BASE_SIZE), device=self.device).contiguous(
+                    memory_format=torch.channels_last))
+        return faces
+
+    def _generate(self, records, output_indices, mel_chunks=None):
+        """The Base faces (N,128,128,3) uint8 for prepared records and their output frames."""
+        n = len(records)
+        if mel_chunks is None:
+            mel_chunks = [mel_chunk(self.mel, k) for k in output_indices]
+        audio = np.stack(self._padded(list(mel_chunks)))[:, None]
         audio = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).to(self.device)
-        face = torch.cat([target, faces], 1).contiguous(memory_format=torch.channels_last)
+        face = self._face_input([r.crop for r in records], [r.reference for r in records])
+        dtype = torch.bfloat16 if self.bf16 else torch.float32
+        features = [torch.from_numpy(np.stack(self._padded([r.features[i] for r in records]))).to(
+            self.device).permute(0, 3, 1, 2).to(dtype) for i in range(len(records[0].features))]
         with self._autocast():
-            return to_uint8_images(self.base(audio, face)[:n])
+            return to_uint8_images(self.base.generate(audio, face, features)[:n])
 
     def _smoothed(self, landmarks):
         """Centred moving average over this batch plus the previous batch's last frames
@@ -141,6 +220,13 @@ class LipSyncRenderer:
         return out
 
     def _hr(self, generated, source_landmarks):
+        with self.profiler.stage("hr_mesh"):
+            inputs = self._hr_inputs(generated, source_landmarks)
+        with self.profiler.stage("hr_decoder"), self._autocast():
+            x = torch.from_numpy(inputs).to(self.device).contiguous(memory_format=torch.channels_last)
+            return to_uint8_images(self.hr(x)[:len(generated)])
+
+    def _hr_inputs(self, generated, source_landmarks):
         landmarks = []
         for image, fallback in zip(generated, source_landmarks):
             found = self.output_mesh.landmarks(image)
@@ -152,25 +238,27 @@ class LipSyncRenderer:
             landmarks.append(found)
         blank = np.zeros((BASE_SIZE, BASE_SIZE, 3), np.uint8)  # no mesh at all: as in the HR training data
         sketches = [draw_sketch(lm, BASE_SIZE) if lm is not None else blank for lm in self._smoothed(landmarks)]
-        inputs = np.stack(self._padded([self._decoder_input(image, sketch)
-                                        for image, sketch in zip(generated, sketches)]))
-        with self._autocast():
-            x = torch.from_numpy(inputs).to(self.device).contiguous(memory_format=torch.channels_last)
-            return to_uint8_images(self.hr(x)[:len(generated)])
+        return np.stack(self._padded([self._decoder_input(image, sketch)
+                                      for image, sketch in zip(generated, sketches)]))
 
     # ------------------------------------------------------------------ a batch
     @torch.inference_mode()
-    def render(self, items):
-        """items: list of (output_index, source_index, frame) -> the frames, lip-synced in place."""
-        faces = [(k, item) for k, item in enumerate(items) if np.isfinite(self.boxes[item[1]]).all()]
+    def render(self, items, mel_chunks=None):
+        """items: list of (output_index, source_index, frame) -> the frames, lip-synced in place;
+        mel_chunks: the items' (80, 16) mel chunks when not taken from self.mel."""
+        faces = [k for k, (_, src, _) in enumerate(items) if np.isfinite(self.boxes[src]).all()]
         if not faces:
             return [frame for _, _, frame in items]
-        sources = [self._source_face(src, frame) for _, (_, src, frame) in faces]
-        if self.reference is None:
-            self.reference = sources[0][1].copy()
-        generated = self._base([s[1] for s in sources], [out for _, (out, _, _) in faces])
+        prepared = self.prepare([(src, frame) for _, src, frame in items])
+        records = [prepared[items[k][1]] for k in faces]
+        with self.profiler.stage("audio_decoder"):
+            generated = self._generate(records, [items[k][0] for k in faces],
+                                       None if mel_chunks is None else [mel_chunks[k] for k in faces])
         if self.hr is not None:
-            generated = self._hr(generated, [s[3] for s in sources])
-        for (_, (_, _, frame)), (box, _, mask, _), face in zip(faces, sources, generated):
-            paste_face(frame, box, face, mask)
+            generated = self._hr(generated, [r.landmarks for r in records])
+        with self.profiler.stage("paste"):
+            for k, record, face in zip(faces, records, generated):
+                x1, y1, x2, y2 = record.box
+                mask = cv2.resize(record.mask, (x2 - x1, y2 - y1), interpolation=cv2.INTER_LINEAR)
+                paste_face(items[k][2], record.box, face, mask)
         return [frame for _, _, frame in items]

@@ -2,12 +2,14 @@
 
 Memory stays flat with the video's length: frames are streamed, never all held. Ping-pong
 (0..n-1, n-2..1, 0..n-1, ...) needs the frames again, backwards. They come from an on-disk raw
-cache of the 25 fps frames (a temporary file, written while the first forward pass decodes and
-deleted at the end; read back with plain file reads, so it costs page cache, not process memory),
-or, when the cache would exceed `cache_limit_mb` or the free disk space, by decoding the video again
-(forward passes stream; backward passes re-decode it in chunks of `chunk` frames, which is slow but
-bounded in memory).
+cache of the 25 fps frames (a temporary file without a name, written while the first forward pass
+decodes: the system frees it when the process ends, however it ends, so a killed run leaves
+nothing behind; read back with plain file reads, so it costs page cache, not process memory),
+or, when the cache would exceed `cache_limit_mb` or the free disk space, or writing it fails (disk
+full, a file size limit), by decoding the video again (forward passes stream; backward passes
+re-decode it in chunks of `chunk` frames, which is slow but bounded in memory).
 """
+import errno
 import itertools
 import logging
 import os
@@ -16,12 +18,11 @@ import tempfile
 
 import numpy as np
 
+from talkingface.utils.audio import FPS
 from talkingface.utils.errors import InputError
 from talkingface.utils.video import is_image, iter_frames, probe_video
 
 logger = logging.getLogger(__name__)
-
-FPS = 25
 
 
 def pingpong_index(k, n):
@@ -56,32 +57,35 @@ class _RawFrameCache:
     def __init__(self, shape, directory=None):
         self.shape = tuple(shape)
         self.frame_bytes = int(np.prod(self.shape))
-        fd, self.path = tempfile.mkstemp(prefix="talkingface_frames_", suffix=".raw", dir=directory)
-        self._file = os.fdopen(fd, "w+b", buffering=0)
+        # unnamed on Linux (O_TMPFILE, or unlinked at once): nothing to delete, even after kill -9
+        self._file = tempfile.TemporaryFile(prefix="talkingface_frames_", suffix=".raw", dir=directory,
+                                            buffering=0)
         self.count = 0
 
     def append(self, frame):
         if frame.shape != self.shape:
             raise InputError(f"frame size changed mid-video ({frame.shape[:2]} vs {self.shape[:2]}): "
                              "re-encode the video at one size")
-        self._file.write(np.ascontiguousarray(frame).data)
+        data = memoryview(np.ascontiguousarray(frame)).cast("B")
+        while data:  # after a short write, writing the rest raises the reason (ENOSPC, EFBIG)
+            written = self._file.write(data)
+            if not written:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            data = data[written:]
         self.count += 1
 
     def read(self, index):
         buffer = bytearray(self.frame_bytes)
         n = os.preadv(self._file.fileno(), [buffer], index * self.frame_bytes)
         if n != self.frame_bytes:
-            raise InputError(f"temporary frame cache {self.path} was truncated (disk full?)")
+            raise InputError("the temporary frame cache was truncated (disk full?): free some space "
+                             "or lower infer_frame_cache_mb")
         return np.frombuffer(buffer, dtype=np.uint8).reshape(self.shape)
 
     def close(self):
         if self._file is not None:
             self._file.close()
             self._file = None
-            try:
-                os.remove(self.path)
-            except OSError:
-                pass
 
 
 class FrameSource:
@@ -142,7 +146,11 @@ class FrameSource:
                 yield 0, self._first.copy()
             return
         if n_out > n and self._cache is None and self._cache_fits():
-            self._cache = _RawFrameCache((self.height, self.width, 3))
+            try:
+                self._cache = _RawFrameCache((self.height, self.width, 3))
+            except OSError as exc:
+                logger.warning("no temporary frame cache (%s); the video is decoded again for every "
+                               "ping-pong pass instead", exc.strerror or exc)
         for first, last, step in pingpong_segments(n, n_out):
             count = abs(last - first) + 1
             if self._cache is not None and self._cache.count == n:
@@ -172,8 +180,20 @@ class FrameSource:
         filling = self._cache is not None and self._cache.count == 0
         for frame in itertools.islice(self._padded_decode(), count):
             if filling:
-                self._cache.append(frame)
+                filling = self._append_to_cache(frame)
             yield frame
+
+    def _append_to_cache(self, frame):
+        """Cache one frame; when the disk refuses it, drop the cache and re-decode instead."""
+        try:
+            self._cache.append(frame)
+            return True
+        except OSError as exc:
+            logger.warning("the temporary frame cache could not be written (%s); the video is decoded "
+                           "again for every ping-pong pass instead (slower, same output)",
+                           exc.strerror or exc)
+            self.close()
+            return False
 
     def _decode_backward(self, first, last):
         """Frames first, first-1, ..., last (first > last) by re-decoding chunks from the start."""

@@ -9,6 +9,7 @@ network, "networks": {"generator": ..., "discriminator": ...}, ...}`), or a bare
 """
 import os
 
+from talkingface.utils.checkpoint import load_checkpoint_file, strip_module_prefix
 from talkingface.utils.errors import CheckpointError, ConfigError
 
 NETWORK_NAMES = ("SyncNet", "HyperLipsBase", "HRDecoder", "BaseDiscriminator", "HRDiscriminator")
@@ -18,6 +19,8 @@ HR_RESCALING_BY_LAST_UP_INDEX = {1: 1, 2: 2, 5: 4}
 
 def build_network(name, rescaling=1):
     """A freshly initialised network by name (`rescaling` only for HRDecoder: 1, 2 or 4)."""
+    # Imported here: the network modules import talkingface.model.abstract_talkingface, which runs
+    # this package's __init__ first; importing them at its top would be an import circle.
     from talkingface.model.audio_driven_talkingface.hyperlipsbase import BaseDiscriminator, HyperLipsBase
     from talkingface.model.audio_driven_talkingface.hyperlipshr import HRDecoder, HRDiscriminator
     from talkingface.model.audio_driven_talkingface.syncnet import SyncNet
@@ -60,8 +63,6 @@ def _is_state_dict(obj):
 
 def extract_state_dict(name, checkpoint):
     """The state dict for network `name` inside a loaded checkpoint, `module.` prefixes removed."""
-    from talkingface.utils.checkpoint import strip_module_prefix
-
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"a checkpoint must be a dict, got {type(checkpoint).__name__}")
     networks = checkpoint.get("networks")
@@ -85,8 +86,6 @@ def load_network(name, checkpoint):
     from the keys. Raises CheckpointError (one line) for a missing/unreadable file, a checkpoint
     of another network, or missing/mismatched keys.
     """
-    from talkingface.utils.checkpoint import load_checkpoint_file
-
     if name not in NETWORK_NAMES:
         raise ConfigError(f"unknown network '{name}'; choose one of {', '.join(NETWORK_NAMES)}")
     source = checkpoint if isinstance(checkpoint, (str, os.PathLike)) else "the given checkpoint"

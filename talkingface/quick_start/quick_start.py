@@ -1,4 +1,4 @@
-"""run(): config -> preprocess -> train -> evaluate, or evaluate / preprocess / infer alone."""
+"""run(): config -> preprocess -> train -> evaluate, or evaluate / preprocess / infer alone, or the web app."""
 import logging
 
 import torch
@@ -20,18 +20,18 @@ def build_config(model, dataset, config_files=None, config_dict=None):
     return config
 
 
-def preprocess(config):
-    """Run the model's preprocessing when its data is missing or stale (rank 0 only)."""
-    preprocessor = PREPROCESSORS.get(config["preprocessor"])(config)
-    if dist_utils.is_main_process() and preprocessor.is_stale():
+def preprocess(config, name=None):
+    """Run the model's preprocessing (or the preprocessor `name`) when its data is missing or stale
+    (rank 0 decides; under torchrun every rank then does its share of the videos)."""
+    preprocessor = PREPROCESSORS.get(name or config["preprocessor"])(config)
+    if dist_utils.broadcast_object(dist_utils.is_main_process() and preprocessor.is_stale()):
         preprocessor.run()
     dist_utils.barrier()
     return preprocessor
 
 
 def build_trainer(config):
-    trainer_class = TRAINERS.get(config["model"], default=TRAINERS.get("Trainer"))
-    return trainer_class(config)
+    return TRAINERS.get(config["model"])(config)
 
 
 def run(model, dataset, config_files=None, config_dict=None):
@@ -39,9 +39,21 @@ def run(model, dataset, config_files=None, config_dict=None):
     mode = config["mode"]
     logger.info("%s on %s, mode %s, device %s", model, dataset, mode, config["device"])
     try:
+        # Each mode imports only what it runs (the app pulls in gradio, evaluation its metrics).
         if mode == "infer":
             from talkingface.inference import run_inference
             return run_inference(config)
+        if mode == "stream":
+            from talkingface.inference.stream import run_stream
+            return run_stream(config)
+        if mode == "app":
+            from talkingface.app import serve
+            return serve(config)
+        if mode == "evaluate" and model in ("HyperLipsBase", "HyperLipsHR"):
+            # The clips and their source videos, lip-synced as --mode=infer does: no trainer, no HR data.
+            from talkingface.evaluator import evaluate_checkpoint
+            preprocess(config, "HyperLipsBasePreprocessor")
+            return evaluate_checkpoint(config) if dist_utils.is_main_process() else None
         preprocess(config)
         if mode == "preprocess":
             return None
@@ -51,9 +63,10 @@ def run(model, dataset, config_files=None, config_dict=None):
                 trainer.fit()
                 if not config["evaluate_after_training"]:
                     return None
-            else:
-                trainer.load_checkpoint(config["checkpoint"], weights_only=True)
-            return trainer.evaluate()
+                return trainer.evaluate()
+            path = trainer.load_checkpoint(config["checkpoint"], networks_only=True)
+            trainer.write_run_record(evaluated_checkpoint=path, evaluated_step=trainer.global_step)
+            return trainer.evaluate(config["eval_split"])
         finally:
             trainer.close()
     finally:

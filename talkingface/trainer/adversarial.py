@@ -16,14 +16,59 @@ to the frames only.
 """
 import torch
 
-from talkingface.trainer.trainer import Trainer
+from talkingface.model import build_network
+from talkingface.trainer.trainer import Trainer, adam
+from talkingface.utils.registry import MODELS
 
 
 class AdversarialTrainer(Trainer):
-    """A Trainer with networks/optimizers "generator" and "discriminator"."""
+    """A Trainer with networks/optimizers "generator" (the model named by config["model"]) and
+    "discriminator" (`DISCRIMINATOR`, a name of model.build_network), each with its own Adam."""
 
+    DISCRIMINATOR = None
     # D's seed at a sample may be at most this many times smaller than the generator's.
     MAX_SEED_RATIO = 1e6
+
+    def build(self):
+        config = self.config
+        generator = MODELS.get(self.model_name).from_config(config)
+        discriminator = build_network(self.DISCRIMINATOR)
+        self.networks = {"generator": generator, "discriminator": discriminator}
+        betas = tuple(config["adam_betas"])
+        self.optimizers = {
+            "generator": adam(generator.parameters(), lr=config["learning_rate"], betas=betas),
+            "discriminator": adam(discriminator.parameters(), lr=config["disc_learning_rate"], betas=betas),
+        }
+
+    def optimize(self, name, loss, only_own_parameters=False, gradient_of=None, injected=None):
+        """Trainer.optimize with the backward modes of the shared discriminator pass.
+
+        `only_own_parameters`: gradients reach only this optimizer's parameters (autograd then
+        skips every weight gradient of the other networks the loss passed through).
+        `gradient_of`: a leaf the loss depends on (say another network's detached output) whose
+        gradient is computed in the same backward and returned, unscaled, in float32.
+        `injected`: (tensor, gradient) backpropagated together with `loss`, as if the loss had a
+        term whose gradient at `tensor` is `gradient`.
+        """
+        self.check_finite(name, loss)
+        optimizer, scaler = self.optimizers[name], self.scalers[name]
+        scale = scaler.get_scale() if scaler.is_enabled() else 1.0
+        inputs = None
+        if only_own_parameters:
+            inputs = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+        if gradient_of is not None and inputs is not None:
+            inputs.append(gradient_of)
+        outputs, seeds = [scaler.scale(loss)], [None]
+        if injected is not None:
+            outputs.append(injected[0])
+            seeds.append((injected[1].float() * scale).to(injected[0].dtype))
+        torch.autograd.backward(outputs, seeds, inputs=inputs)
+        returned = None
+        if gradient_of is not None:
+            grad = gradient_of.grad if gradient_of.grad is not None else torch.zeros_like(gradient_of)
+            returned, gradient_of.grad = grad.float() / scale, None
+        self.step(name)
+        return returned
 
     def adversarial_backward(self, frames, fake_scores, generator_gan_loss, discriminator_loss, per_frame):
         """Step the discriminator on `discriminator_loss` and return the generator's GAN gradient

@@ -1,4 +1,4 @@
-"""Training of HyperLipsBase: L1 + lip-sync expert + lower-half GAN (HYPERLIPS.md "Base training").
+"""Training of HyperLipsBase: L1 + lip-sync expert + lower-half GAN (docs/architecture.md, "Base training loss").
 
 Generator loss `sync_weight*sync + gan_weight*GAN + l1_weight*L1` (0.03/0.2/0.77):
 - sync: lower halves of the 5 generated frames -> frozen SyncNet expert -> BCE against "in sync";
@@ -14,29 +14,16 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from talkingface.model import load_network
+from talkingface.model.inputs import expert_face_input, masked_input, reference_index, to_uint8_images
+from talkingface.model.losses import bce, sync_probability
 from talkingface.trainer.adversarial import AdversarialTrainer
-from talkingface.trainer.syncnet_trainer import bce, expert_face_input, sync_probability
-from talkingface.trainer.trainer import adam
 from talkingface.utils.audio import frame_mel_chunks
 from talkingface.utils.checkpoint import stage_checkpoint
 from talkingface.utils.errors import CheckpointError
-from talkingface.utils.registry import MODELS, TRAINERS
+from talkingface.utils.registry import TRAINERS
 
 logger = logging.getLogger(__name__)
-
-
-def reference_index(k, n_frames):
-    """Reference frame of target frame k when generating a whole clip: the frame half a clip away
-    (k + n//2 mod n), so the reference never shows the target's own mouth (same rule as the
-    validation windows), and the choice is deterministic."""
-    return (k + n_frames // 2) % n_frames
-
-
-def masked_input(target, reference):
-    """Generator face input: [target with its lower half zeroed, reference] on channel dim 1."""
-    masked = target.clone()
-    masked[:, :, masked.shape[2] // 2:] = 0.0
-    return torch.cat([masked, reference], dim=1)
 
 
 @TRAINERS.register("HyperLipsBase")
@@ -47,17 +34,11 @@ class HyperLipsBaseTrainer(AdversarialTrainer):
     (B,T,1,80,16) per-frame chunks, "mel" (B,1,80,16) the window's chunk, "gt" (B,3,T,H,W).
     """
 
+    DISCRIMINATOR = "BaseDiscriminator"
+
     def build(self):
+        super().build()
         config = self.config
-        from talkingface.model.audio_driven_talkingface.hyperlipsbase import BaseDiscriminator
-        generator = MODELS.get("HyperLipsBase").from_config(config)
-        discriminator = BaseDiscriminator()
-        self.networks = {"generator": generator, "discriminator": discriminator}
-        betas = tuple(config["adam_betas"])
-        self.optimizers = {
-            "generator": adam(generator.parameters(), lr=config["learning_rate"], betas=betas),
-            "discriminator": adam(discriminator.parameters(), lr=config["disc_learning_rate"], betas=betas),
-        }
         self.sync_weight = float(config["sync_weight"])
         self.gan_weight = float(config["gan_weight"])
         self.l1_weight = float(config["l1_weight"])
@@ -72,7 +53,6 @@ class HyperLipsBaseTrainer(AdversarialTrainer):
         return stage_checkpoint(self.config, "SyncNet", self.config["sync_expert_path"], "sync_expert_path")
 
     def _load_expert(self):
-        from talkingface.model import load_network
         path = self.expert_checkpoint()
         expert = load_network("SyncNet", path).to(self.device).eval()
         for parameter in expert.parameters():
@@ -162,14 +142,21 @@ class HyperLipsBaseTrainer(AdversarialTrainer):
         return {k: losses[k].item() for k in ("l1", "sync", "total") if k in losses}
 
     # ------------------------------------------------------------------ whole clips
+    def inference_networks(self):
+        """(Base generator, no HR decoder): what the Evaluator runs through the inference pipeline."""
+        return self.unwrap(self.networks["generator"]), None
+
     @torch.inference_mode()
     def generate_clip(self, clip):
-        """All frames of a preprocessed clip regenerated from its own audio: (n,S,S,3) uint8 BGR.
+        """The raw generated crops of a preprocessed clip from its own audio: (n,S,S,3) uint8 BGR,
+        for the learning check (benchmarks/learning_quality.py); evaluation scores the inference
+        pipeline's pasted-back output instead (Trainer.evaluate).
 
-        Input per frame k: crop k with its lower half zeroed + crop reference_index(k) as the
-        reference; audio = frame k's mel chunk (the contract's convention, as in training).
+        Input per frame k: crop k with its lower half zeroed + the crop half a clip away as the
+        reference (reference_frame half_clip: never the target's own mouth); audio = frame k's mel
+        chunk (as in training; docs/differences.md).
         """
-        generator = self.raw(self.networks["generator"])
+        generator = self.unwrap(self.networks["generator"])
         was_training = generator.training
         generator.eval()
         size = self.config["img_size"]
@@ -181,14 +168,13 @@ class HyperLipsBaseTrainer(AdversarialTrainer):
         try:
             for start in range(0, n_frames, batch_frames):
                 indices = np.arange(start, min(start + batch_frames, n_frames))
-                references = [reference_index(k, n_frames) for k in indices]
+                references = [reference_index("half_clip", k, n_frames) for k in indices]
                 target = self._to_tensor(frames[indices])
                 reference = self._to_tensor(frames[references])
                 audio = torch.from_numpy(chunks[indices]).unsqueeze(1).to(self.device)
                 with self.autocast():
                     out = generator(audio, masked_input(target, reference))
-                out = (out.float().clamp(0, 1) * 255.0).round().to(torch.uint8)
-                outputs.append(out.permute(0, 2, 3, 1).cpu().numpy())
+                outputs.append(to_uint8_images(out))
         finally:
             generator.train(was_training)
         return np.concatenate(outputs) if outputs else np.zeros((0, size, size, 3), np.uint8)

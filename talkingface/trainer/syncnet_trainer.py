@@ -7,44 +7,14 @@ embeddings are L2-normalised and non-negative, so their cosine is a probability 
 import logging
 import os
 
-import torch
-from torch.nn import functional as F
-
+from talkingface.model.inputs import expert_face_input
+from talkingface.model.losses import bce, sync_probability
 from talkingface.trainer.trainer import Trainer, adam
 from talkingface.utils import distributed as dist_utils
 from talkingface.utils.files import write_json_atomic
 from talkingface.utils.registry import DATASETS, MODELS, TRAINERS
 
 logger = logging.getLogger(__name__)
-
-EXPERT_SIZE = 128  # the expert sees lower halves of 128-px frames: (N, 15, 64, 128)
-
-
-def bce(probabilities, target):
-    """Binary cross entropy in float32 outside autocast (BCE is unsafe to autocast on CUDA).
-    `target`: a tensor of labels (any shape with as many elements) or one number for all."""
-    with torch.autocast(device_type=probabilities.device.type, enabled=False):
-        probabilities = probabilities.float().reshape(-1)
-        if torch.is_tensor(target):
-            target = target.to(probabilities.device, torch.float32).reshape(-1)
-        else:
-            target = torch.full_like(probabilities, float(target))
-        return F.binary_cross_entropy(probabilities, target)
-
-
-def sync_probability(audio_embedding, face_embedding):
-    """Cosine similarity of the two embeddings: the expert's probability that they are in sync."""
-    return F.cosine_similarity(audio_embedding.float(), face_embedding.float(), dim=1)
-
-
-def expert_face_input(frames):
-    """Frames (B,3,T,H,W) BGR [0,1] -> the expert's input (B,3T,64,128): the lower halves of the
-    T frames stacked frame after frame on the channels, resized to 128 px wide when needed."""
-    lower = frames[:, :, :, frames.shape[3] // 2:]
-    stacked = torch.cat([lower[:, :, t] for t in range(lower.shape[2])], dim=1)
-    if stacked.shape[-2:] != (EXPERT_SIZE // 2, EXPERT_SIZE):
-        stacked = F.interpolate(stacked, size=(EXPERT_SIZE // 2, EXPERT_SIZE), mode="bilinear", align_corners=False)
-    return stacked
 
 
 @TRAINERS.register("SyncNet")

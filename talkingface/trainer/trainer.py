@@ -1,9 +1,14 @@
 """The shared training loop every model's trainer subclasses.
 
 A subclass says *what* to train (`build`: networks and optimizers; `train_step`,
-`validation_step`: the losses; `generate_clip`: what the evaluator scores). This class owns
-*how*: device and mixed precision, DistributedDataParallel, the step loop with periodic
-validation and checkpoints, resuming, TensorBoard and progress bars.
+`validation_step`: the losses; `inference_networks`: what the Evaluator runs, as inference does).
+This class owns *how*: device and mixed precision, DistributedDataParallel, the step loop with
+periodic validation and checkpoints, resuming, TensorBoard and progress bars.
+
+Resuming is exact: a checkpoint holds, besides weights and optimizers, every rank's random
+generators and how far the current epoch got; the training order comes from ResumableSampler
+(derived from the seed and the epoch, items seeded by their place in it). A run continued from
+checkpoint k ends with the weights of a run never stopped (CPU, `reproducible: true`).
 """
 import logging
 import os
@@ -15,16 +20,20 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from talkingface.data.dataset.sampler import ResumableSampler, SeededItems
 from talkingface.utils import distributed as dist_utils
-from talkingface.utils.checkpoint import (checkpoint_path, latest_checkpoint, list_checkpoints,
-                                          load_checkpoint_file, save_checkpoint_file)
+from talkingface.utils.checkpoint import (checkpoint_path, latest_checkpoint, list_checkpoints, load_checkpoint_file,
+                                          save_checkpoint_file)
 from talkingface.utils.errors import CheckpointError, ConfigError, TalkingFaceError
+from talkingface.utils.files import remove_stale_temp_files, write_json_atomic
 from talkingface.utils.registry import DATASETS, TRAINERS
-from talkingface.utils.seed import init_seed, seed_worker
+from talkingface.utils.run_record import run_record
+from talkingface.utils.seed import init_seed, preserved_rng, rng_state, seed_worker, set_rng_state
 
 logger = logging.getLogger(__name__)
 
 RUNNING_MARKER = "RUNNING"  # present while a run is under way: a crashed run leaves it behind
+CORRUPT_SUFFIX = ".corrupt"  # an unreadable checkpoint is renamed so that nothing reads it again
 
 
 class TrainingError(TalkingFaceError):
@@ -52,6 +61,9 @@ class Trainer:
         self.results_dir = config["results_dir"]
         self.global_step = 0
         self.global_epoch = 0
+        self.epoch_samples = 0     # training items this rank has consumed in the current epoch
+        self._resumed_rng = None   # this rank's generators from the checkpoint, applied when fit() starts
+        self._run_record = None
         self.networks = {}
         self.optimizers = {}
         self.amp_enabled, self.amp_dtype = self._amp_settings()
@@ -80,8 +92,8 @@ class Trainer:
         """Validation losses on `batch` (called under no_grad, networks in eval mode)."""
         raise NotImplementedError
 
-    def generate_clip(self, clip):
-        """Generated face crops (n,H,W,3) uint8 BGR for a whole clip from its own audio."""
+    def inference_networks(self):
+        """(Base generator, HR decoder or None) in eval mode for the inference pipeline."""
         raise NotImplementedError(f"{self.model_name} does not generate video")
 
     def build_datasets(self):
@@ -94,7 +106,7 @@ class Trainer:
         return next(iter(self.networks))
 
     @staticmethod
-    def raw(network):
+    def unwrap(network):
         """The plain module under DDP and torch.compile wrappers."""
         network = getattr(network, "_orig_mod", network)
         return network.module if isinstance(network, DistributedDataParallel) else network
@@ -111,35 +123,20 @@ class Trainer:
             return batch.to(self.device, non_blocking=True)
         return batch
 
-    def optimize(self, name, loss, only_own_parameters=False, gradient_of=None, injected=None):
-        """Backward (scaled under fp16), optional gradient clipping, optimizer step, zero_grad.
+    def optimize(self, name, loss):
+        """Backward (scaled under fp16), then `step`."""
+        self.check_finite(name, loss)
+        self.scalers[name].scale(loss).backward()
+        self.step(name)
 
-        `only_own_parameters`: gradients reach only this optimizer's parameters (autograd then
-        skips every weight gradient of the other networks the loss passed through).
-        `gradient_of`: a leaf the loss depends on (say another network's detached output) whose
-        gradient is computed in the same backward and returned, unscaled, in float32.
-        `injected`: (tensor, gradient) backpropagated together with `loss`, as if the loss had a
-        term whose gradient at `tensor` is `gradient`.
-        """
+    def check_finite(self, name, loss):
         if not torch.isfinite(loss.detach()).all():
             raise TrainingError(f"the {name} loss became {loss.item()} at step {self.global_step + 1}; "
                                 "lower the learning rate, set --clip_grad_norm, or resume from an earlier checkpoint")
+
+    def step(self, name):
+        """Optional gradient clipping, optimizer step (unscaled under fp16), zero_grad."""
         optimizer, scaler = self.optimizers[name], self.scalers[name]
-        scale = scaler.get_scale() if scaler.is_enabled() else 1.0
-        inputs = None
-        if only_own_parameters:
-            inputs = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
-        if gradient_of is not None and inputs is not None:
-            inputs.append(gradient_of)
-        outputs, seeds = [scaler.scale(loss)], [None]
-        if injected is not None:
-            outputs.append(injected[0])
-            seeds.append((injected[1].float() * scale).to(injected[0].dtype))
-        torch.autograd.backward(outputs, seeds, inputs=inputs)
-        returned = None
-        if gradient_of is not None:
-            grad = gradient_of.grad if gradient_of.grad is not None else torch.zeros_like(gradient_of)
-            returned, gradient_of.grad = grad.float() / scale, None
         clip = self.config["clip_grad_norm"]
         if clip and clip > 0:
             scaler.unscale_(optimizer)
@@ -148,7 +145,6 @@ class Trainer:
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
-        return returned
 
     def log_scalars(self, prefix, values):
         if self.writer is not None:
@@ -167,11 +163,14 @@ class Trainer:
                                 "check data_root and the preprocessing report (report.json)")
         batch_size = self.config["batch_size"] if train else self.config["eval_batch_size"]
         sampler = None
-        if dist_utils.is_distributed():
-            sampler = DistributedSampler(dataset, shuffle=train, seed=self.config["seed"])
+        if train:   # an order fit() can resume mid-epoch; items seeded by their place in it
+            sampler = ResumableSampler(len(dataset), self.config["seed"], dist_utils.rank(), dist_utils.world_size())
+            dataset = SeededItems(dataset)
+        elif dist_utils.is_distributed():
+            sampler = DistributedSampler(dataset, shuffle=False)
         workers = self.config["num_workers"]
         generator = torch.Generator().manual_seed(self.config["seed"] + dist_utils.rank())
-        return DataLoader(dataset, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler,
                           num_workers=workers, worker_init_fn=seed_worker, generator=generator,
                           drop_last=train and len(dataset) >= batch_size * dist_utils.world_size(),
                           pin_memory=self.device.type == "cuda", persistent_workers=workers > 0)
@@ -206,45 +205,64 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(os.path.join(self.results_dir, "tensorboard"))
 
+    # ------------------------------------------------------------------ run records
+    @property
+    def run_record(self):
+        """This run's settings, toolkit commit and library versions (utils.run_record)."""
+        if self._run_record is None:
+            self._run_record = run_record(self.config)
+        return self._run_record
+
+    def write_run_record(self, **extra):
+        """results_dir/run.json: the run record, with `extra` facts (the checkpoint evaluated...)."""
+        if dist_utils.is_main_process():
+            write_json_atomic(os.path.join(self.results_dir, "run.json"), {**self.run_record, **extra})
+
     # ------------------------------------------------------------------ checkpoints
-    def state(self):
+    def state(self, rng_states=None):
+        """The checkpoint dict; `rng_states`: every rank's generators (default: this process's)."""
         main = self.main_network_name
         return {
-            "state_dict": self.raw(self.networks[main]).state_dict(),
+            "state_dict": self.unwrap(self.networks[main]).state_dict(),
             "optimizer": self.optimizers[main].state_dict() if main in self.optimizers else {},
             "global_step": self.global_step,
             "global_epoch": self.global_epoch,
-            "networks": {n: self.raw(net).state_dict() for n, net in self.networks.items()},
+            "epoch_samples": self.epoch_samples,
+            "networks": {n: self.unwrap(net).state_dict() for n, net in self.networks.items()},
             "optimizers": {n: opt.state_dict() for n, opt in self.optimizers.items()},
             "scalers": {n: s.state_dict() for n, s in self.scalers.items()},
+            "rng": rng_states if rng_states is not None else [rng_state()],
             "model": self.model_name,
-            "config": {k: v for k, v in self.config.plain().items() if isinstance(v, (str, int, float, bool, type(None)))},
+            "config": self.run_record["config"],
+            "run": self.run_record,
         }
 
     def save_checkpoint(self):
+        rng_states = dist_utils.all_gather_object(rng_state())
         if dist_utils.is_main_process():
             path = checkpoint_path(self.checkpoint_dir, self.global_step)
-            save_checkpoint_file(self.state(), path)
+            save_checkpoint_file(self.state(rng_states), path)
             for _, old in list_checkpoints(self.checkpoint_dir)[:-max(1, self.config["keep_checkpoints"])]:
                 os.remove(old)
             logger.info("saved %s", path)
         dist_utils.barrier()
 
-    def load_state(self, state, path="checkpoint", weights_only=False):
-        """Restore networks and step counters (and, unless `weights_only`, optimizers) from `state`."""
+    def load_state(self, state, path="checkpoint", networks_only=False):
+        """Restore networks and step counters (and, unless `networks_only`, optimizers, the position
+        in the epoch and the random generators) from `state`."""
         if state.get("model") not in (None, self.model_name):
             raise CheckpointError(f"{path} is a {state['model']} checkpoint, not {self.model_name}")
         networks = state.get("networks") or {self.main_network_name: state["state_dict"]}
         try:
             for name, network in self.networks.items():
                 if name in networks:
-                    self.raw(network).load_state_dict(networks[name])
+                    self.unwrap(network).load_state_dict(networks[name])
         except RuntimeError as exc:
             raise CheckpointError(f"{path} does not fit this {self.model_name} configuration "
                                   f"({str(exc).splitlines()[0]})") from None
         self.global_step = int(state.get("global_step", 0))
         self.global_epoch = int(state.get("global_epoch", 0))
-        if weights_only:
+        if networks_only:
             return
         for name, optimizer in self.optimizers.items():
             if name in state.get("optimizers", {}):
@@ -252,20 +270,57 @@ class Trainer:
         for name, scaler in self.scalers.items():
             if name in state.get("scalers", {}):
                 scaler.load_state_dict(state["scalers"][name])
+        # Older checkpoints lack these: such a run goes on from the start of its epoch, reseeded.
+        self.epoch_samples = int(state.get("epoch_samples", 0))
+        rng = state.get("rng") or []
+        if len(rng) == dist_utils.world_size():
+            self._resumed_rng = rng[dist_utils.rank()]
+        elif rng:
+            logger.info("%s was written by %d rank(s), this run has %d: the random generators start afresh",
+                        path, len(rng), dist_utils.world_size())
 
-    def load_checkpoint(self, path=None, weights_only=False):
+    def load_checkpoint(self, path=None, networks_only=False):
         """Load `path`, or the newest checkpoint of this model; returns the path loaded."""
         path = path or latest_checkpoint(self.checkpoint_dir)
         if path is None:
             raise CheckpointError(f"no {self.model_name} checkpoint in {self.checkpoint_dir}/: run "
                                   f"`python run_talkingface.py --model={self.model_name} "
                                   f"--dataset={self.config['dataset']}` first")
-        self.load_state(load_checkpoint_file(path, map_location=self.device), path, weights_only)
+        self.load_state(load_checkpoint_file(path, map_location=self.device), path, networks_only)
         return path
 
+    def _newest_readable_checkpoint(self):
+        """(path, state) of the newest checkpoint that loads, or (None, None); rank 0 decides and
+        the other ranks load the same file. An unreadable one (a truncated copy, a full disk) is
+        renamed to *.corrupt with one log line, and the one before it is used."""
+        path, state = None, None
+        if dist_utils.is_main_process():
+            for _, candidate in reversed(list_checkpoints(self.checkpoint_dir)):
+                try:
+                    path, state = candidate, load_checkpoint_file(candidate, map_location=self.device)
+                    break
+                except CheckpointError:
+                    path, aside = None, candidate + CORRUPT_SUFFIX
+                    try:
+                        os.replace(candidate, aside)
+                    except OSError:     # a read-only folder: it is skipped by this run only
+                        aside = None
+                    logger.warning("%s cannot be read (a truncated or damaged file); %strying the checkpoint "
+                                   "before it", candidate, f"renamed it to {os.path.basename(aside)}, " if aside else "")
+        path = dist_utils.broadcast_object(path)
+        if path is not None and state is None:
+            state = load_checkpoint_file(path, map_location=self.device)
+        return path, state
+
     def resume(self):
-        """Apply `resume`: auto continues any earlier run, true insists on one, false starts over."""
+        """Apply `resume`: auto goes on from the latest checkpoint when there is one (a run that was
+        interrupted, or a finished one given a larger max_steps), true insists on one, false starts
+        over. Half-written checkpoints of a killed run are deleted first."""
         mode = self.config["resume"]
+        if dist_utils.is_main_process():
+            for stale in remove_stale_temp_files(self.checkpoint_dir):
+                logger.info("removed %s, a checkpoint whose writing was interrupted", stale)
+        dist_utils.barrier()
         latest = latest_checkpoint(self.checkpoint_dir)
         if mode is False or mode == "false":
             if latest is not None and dist_utils.is_main_process():
@@ -276,29 +331,42 @@ class Trainer:
                 logger.info("resume=false: earlier checkpoints moved to %s", archive)
             dist_utils.barrier()
             return None
+        interrupted = os.path.exists(os.path.join(self.checkpoint_dir, RUNNING_MARKER))
+        latest, state = self._newest_readable_checkpoint() if latest is not None else (None, None)
         if latest is None:
-            if mode is True:
-                raise CheckpointError(f"resume=true but there is no checkpoint in {self.checkpoint_dir}/")
+            if mode is True or mode == "true":
+                raise CheckpointError(f"resume=true but there is no checkpoint in {self.checkpoint_dir}/ to resume from "
+                                      "(pass --resume=auto to start a new run when there is none)")
             return None
-        self.load_checkpoint(latest)
-        logger.info("resumed from %s (step %d, epoch %d)", latest, self.global_step, self.global_epoch)
+        self.load_state(state, latest)
+        logger.info("resuming from %s (step %d, epoch %d; that run %s)", latest, self.global_step,
+                    self.global_epoch, "was interrupted" if interrupted else "had finished")
         return latest
 
     # ------------------------------------------------------------------ the loop
-    def fit(self):
+    def fit(self, should_stop=None, on_step_end=None):
+        """Train to max_steps, validating and saving checkpoints on their intervals.
+
+        `should_stop()`: checked before each step; True ends training early, as reaching max_steps
+        does (final validation, checkpoint). `on_step_end(losses)`: called after each step with
+        train_step's values (self.global_step already counts the step).
+        """
         config = self.config
         train_set, val_set = self.build_datasets()
         train_loader = self.build_dataloader(train_set, train=True)
         val_loader = self.build_dataloader(val_set, train=False)
-        self.resume()
+        resumed_from = self.resume()
         max_steps = config["max_steps"]
+        marker = os.path.join(self.checkpoint_dir, RUNNING_MARKER)
         if self.global_step >= max_steps:
             logger.info("%s is already trained to step %d (max_steps=%d): nothing to train; raise "
                         "--max_steps to go on or pass --resume=false to start over",
                         self.model_name, self.global_step, max_steps)
+            if dist_utils.is_main_process() and os.path.exists(marker):
+                os.remove(marker)   # it ended after its last checkpoint: nothing is left to resume
             return
         self._open_writer()
-        marker = os.path.join(self.checkpoint_dir, RUNNING_MARKER)
+        self.write_run_record(resumed_from=resumed_from, resumed_at_step=self.global_step if resumed_from else None)
         if dist_utils.is_main_process():
             os.makedirs(self.checkpoint_dir, exist_ok=True)
             open(marker, "w").close()
@@ -309,14 +377,22 @@ class Trainer:
                         unit="step", disable=not dist_utils.is_main_process(), dynamic_ncols=True)
         running, since_log = {}, 0
         last_saved = self.global_step
-        while self.global_step < max_steps:
-            if isinstance(train_loader.sampler, DistributedSampler):
-                train_loader.sampler.set_epoch(self.global_epoch)
+        if self._resumed_rng is not None:   # last, so that nothing above draws from the restored streams
+            set_rng_state(self._resumed_rng)
+            self._resumed_rng = None
+        def finished():
+            return self.global_step >= max_steps or (should_stop is not None and should_stop())
+
+        while not finished():
+            train_loader.sampler.set_epoch(self.global_epoch, start=self.epoch_samples)
             for batch in train_loader:
                 self._set_mode(True)
                 losses = self.train_step(self.to_device(batch))
                 self.global_step += 1
+                self.epoch_samples += train_loader.batch_size
                 progress.update(1)
+                if on_step_end is not None:
+                    on_step_end(losses)
                 for key, value in losses.items():
                     running[key] = running.get(key, 0.0) + float(value)
                 since_log += 1
@@ -330,10 +406,11 @@ class Trainer:
                 if self.global_step % config["checkpoint_interval"] == 0:
                     self.save_checkpoint()
                     last_saved = self.global_step
-                if self.global_step >= max_steps:
+                if finished():
                     break
             else:
                 self.global_epoch += 1
+                self.epoch_samples = 0
         progress.close()
         if self.global_step % config["eval_interval"] != 0:
             self.validate(val_loader)
@@ -345,7 +422,10 @@ class Trainer:
             self.writer.flush()
 
     @torch.no_grad()
+    @preserved_rng()
     def validate(self, loader):
+        """Mean validation losses over (at most max_val_batches of) `loader`; the random generators
+        are left as they were, so validating never changes what training draws next."""
         self._set_mode(False)
         totals, count = {}, 0
         for index, batch in enumerate(loader):
@@ -366,12 +446,21 @@ class Trainer:
         return means
 
     def evaluate(self, split="val"):
-        """Score the trained model with the Evaluator (the metrics in `metrics`)."""
+        """Score the trained networks (the metrics in `metrics`): rank 0 hands them to the
+        Evaluator, which runs them through the inference pipeline; the other ranks return None."""
         from talkingface.evaluator import Evaluator
+        from talkingface.inference.pipeline import LipSyncer
+        from talkingface.utils.fingerprint import checkpoint_fingerprint
         self._set_mode(False)
         if not dist_utils.is_main_process():
             return None
-        return Evaluator(self.config).evaluate(self, split=split)
+        saved = dict(list_checkpoints(self.checkpoint_dir)).get(self.global_step)
+        provenance = {"checkpoint": checkpoint_fingerprint(saved) if saved else {"path": None, "step": self.global_step},
+                      "global_step": self.global_step}
+        if getattr(self, "base_checkpoint", None):
+            provenance["base_checkpoint"] = self.base_checkpoint
+        base, hr = (network.eval() if network is not None else None for network in self.inference_networks())
+        return Evaluator(self.config).evaluate(LipSyncer(self.config, (base, hr)), split, provenance)
 
     def close(self):
         if self.writer is not None:

@@ -2,7 +2,7 @@
 
 Decoding goes through the ffmpeg binary shipped by imageio-ffmpeg, so any container with an audio
 stream works (wav of any rate and channel count, mp3, the track of an mp4) without a system ffmpeg.
-The mel spectrogram follows HYPERLIPS.md exactly (the Wav2Lip/HyperLips hparams), giving 80 mel
+The mel spectrogram is HyperLips' (the Wav2Lip/HyperLips hparams; docs/architecture.md), giving 80 mel
 frames per second of 16 kHz audio.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from talkingface.utils.errors import InputError
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
+FPS = 25  # every clip and every output video runs at this frame rate
+SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640 audio samples per video frame
 N_FFT = 800
 HOP_SIZE = 200
 WIN_SIZE = 800
@@ -77,6 +80,54 @@ def _decode(path: Path, sr: int, resampler_options) -> subprocess.CompletedProce
     return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+_AUDIO_STREAM_RE = re.compile(r"Stream #\d+:\d+(?:\[[^\]]*\])?(?:\([^)]*\))?: Audio: ")
+
+
+def has_audio_stream(path: str | os.PathLike) -> bool:
+    """True when ffmpeg finds an audio stream in the file (InputError when it cannot read it)."""
+    proc = subprocess.run([ffmpeg_exe(), "-nostdin", "-hide_banner", "-i", str(path)],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    err = proc.stderr.decode("utf-8", "replace")
+    if "Invalid data found" in err or "No such file" in err:
+        raise InputError(f"Cannot read audio source {path}: {_ffmpeg_error_line(proc.stderr)}")
+    return _AUDIO_STREAM_RE.search(err) is not None
+
+
+# Several datasets keep a clip's speech beside a silent video: clip01.mp4 + clip01.wav.
+SIDECAR_AUDIO_EXTENSIONS = (".wav", ".m4a", ".mp3", ".aac", ".flac")
+
+
+def sidecar_audio(path: str | os.PathLike) -> str | None:
+    """The audio file named like `path` beside it (clip01.mp4 -> clip01.wav, .m4a, .mp3, .aac,
+    .flac, in that order; lower or upper case), or None."""
+    stem = os.path.splitext(os.fspath(path))[0]
+    for ext in SIDECAR_AUDIO_EXTENSIONS:
+        for candidate in (stem + ext, stem + ext.upper()):
+            if os.path.isfile(candidate) and os.path.normcase(candidate) != os.path.normcase(os.fspath(path)):
+                return candidate
+    return None
+
+
+def audio_source_for(path: str | os.PathLike, has_audio: bool | None = None,
+                     log_level: int | None = logging.INFO) -> str:
+    """The file that holds the audio of `path`: `path` itself when it has an audio stream, else
+    its same-named audio file (sidecar_audio; logged at `log_level`, None: not logged), else `path`
+    (load_audio of it then says that it has no audio stream). `has_audio`: what a probe of `path`
+    already found (saves running ffmpeg)."""
+    path = os.fspath(path)
+    if has_audio is None:
+        try:
+            has_audio = has_audio_stream(path)
+        except InputError:  # missing or unreadable: load_audio of it says what is wrong
+            has_audio = True
+    sidecar = None if has_audio else sidecar_audio(path)
+    if sidecar is None:
+        return path
+    if log_level is not None:
+        logger.log(log_level, "%s has no audio track: using %s beside it", path, os.path.basename(sidecar))
+    return sidecar
+
+
 def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
     """Decode the first audio stream of any file to mono float32 at `sr` Hz (1-D).
 
@@ -92,7 +143,8 @@ def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
     if proc.returncode != 0:
         err = proc.stderr.decode("utf-8", "replace")
         if "matches no streams" in err:
-            raise InputError(f"No audio stream in {path}: give a wav/mp3 or a video with sound")
+            raise InputError(f"No audio stream in {path}: give a wav/mp3 or a video with sound "
+                             f"(or put its audio beside it as {path.stem}.wav)")
         raise InputError(f"Cannot decode audio from {path}: {_ffmpeg_error_line(proc.stderr)}")
     wav = np.frombuffer(proc.stdout, dtype="<f4").astype(np.float32)
     if wav.size == 0:
@@ -157,12 +209,12 @@ def melspectrogram(wav: np.ndarray) -> np.ndarray:
     return np.clip(normalized, -MAX_ABS_VALUE, MAX_ABS_VALUE).astype(np.float32)
 
 
-def mel_start(frame: int, fps: float = 25) -> int:
-    """First mel column of video frame `frame`: int(80*frame/fps) (the team's one convention)."""
+def mel_start(frame: int, fps: float = FPS) -> int:
+    """First mel column of video frame `frame`: int(80*frame/fps) (one rule for training, evaluation and inference)."""
     return int(MEL_FRAMES_PER_SECOND * frame / fps)
 
 
-def mel_chunk(mel: np.ndarray, frame: int, fps: float = 25,
+def mel_chunk(mel: np.ndarray, frame: int, fps: float = FPS,
               length: int = MEL_CHUNK_LENGTH) -> np.ndarray:
     """The (80, length) mel window of video frame `frame`.
 
@@ -182,7 +234,7 @@ def mel_chunk(mel: np.ndarray, frame: int, fps: float = 25,
     return mel[:, start:start + length]
 
 
-def frame_mel_chunks(mel: np.ndarray, n_frames: int, fps: float = 25,
+def frame_mel_chunks(mel: np.ndarray, n_frames: int, fps: float = FPS,
                      length: int = MEL_CHUNK_LENGTH) -> np.ndarray:
     """Per-frame mel chunks for frames 0..n_frames-1: float32 (n_frames, 80, length)."""
     if n_frames < 0:
@@ -193,7 +245,7 @@ def frame_mel_chunks(mel: np.ndarray, n_frames: int, fps: float = 25,
     return np.stack([mel_chunk(mel, k, fps, length) for k in range(n_frames)]).astype(np.float32)
 
 
-def n_video_frames_for_audio(n_samples: int, fps: float = 25, sr: int = SAMPLE_RATE) -> int:
+def n_video_frames_for_audio(n_samples: int, fps: float = FPS, sr: int = SAMPLE_RATE) -> int:
     """How many video frames at `fps` the audio covers (rounded down, at least 1 for any audio)."""
     if n_samples <= 0:
         return 0

@@ -1,30 +1,19 @@
 """Checkpoint files: atomic writes, safe loads, finding the latest one in a folder."""
 import os
 import re
-import tempfile
 
 import torch
 
 from talkingface.utils.errors import CheckpointError
+from talkingface.utils.files import write_atomic
 
 CHECKPOINT_PATTERN = re.compile(r"checkpoint_step(\d+)\.pth$")
 
 
 def save_checkpoint_file(state, path):
-    """Write `state` so that a reader never sees a half-written file: temp file, fsync, rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".pth", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Write `state` so that a reader never sees a half-written file: temp file, fsync, rename.
+    Temp files that a killed writer left in the folder are removed afterwards (files.py)."""
+    write_atomic(path, lambda f: torch.save(state, f), binary=True, sync=True)
 
 
 def load_checkpoint_file(path, map_location="cpu"):
@@ -34,8 +23,22 @@ def load_checkpoint_file(path, map_location="cpu"):
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated or foreign files
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"cannot read checkpoint {path}: {first_line}") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: {_load_failure(path, exc)}") from None
+
+
+def _load_failure(path, exc):
+    """Why torch.load refused `path`, in one line, without torch's advice to retry with
+    weights_only=False (that would run code from the file, and cannot help a file of another kind)."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head not in (b"PK", b"\x80\x02"):  # torch.save's zip archive, or its legacy pickle
+        return ("it is not a PyTorch checkpoint: pass a .pth written by this toolkit or by the official "
+                "HyperLips code")
+    text = str(exc).strip()
+    if "Weights only load failed" in text:
+        return ("it holds Python objects besides tensors and numbers (or is not a checkpoint), and such "
+                "objects are not loaded: they could run code")
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def checkpoint_path(folder, step):

@@ -46,7 +46,8 @@ def setup_distributed(device):
 
 def cleanup_distributed():
     if is_distributed():
-        dist.barrier()
+        # Ranks may arrive far apart (rank 0 alone evaluates after training): no 30-minute limit here.
+        dist.barrier(group=patient_group())
         dist.destroy_process_group()
 
 
@@ -66,10 +67,25 @@ def reduce_mean(values, device):
     return dict(zip(keys, tensor.tolist()))
 
 
-def broadcast_object(obj):
+def broadcast_object(obj, group=None):
     """Rank 0's value of a picklable object, on every rank."""
     if not is_distributed():
         return obj
     holder = [obj]
-    dist.broadcast_object_list(holder, src=0)
+    dist.broadcast_object_list(holder, src=0, group=group)
     return holder[0]
+
+
+def all_gather_object(obj, group=None):
+    """Every rank's value of a picklable object, in rank order, on every rank."""
+    if not is_distributed():
+        return [obj]
+    gathered = [None] * world_size()
+    dist.all_gather_object(gathered, obj, group=group)
+    return gathered
+
+
+def patient_group(timeout=datetime.timedelta(days=7)):
+    """A gloo group of all ranks whose collectives wait up to `timeout` (the default group's give
+    up after 30 minutes): for ranks that finish work of unequal length. None when not distributed."""
+    return dist.new_group(backend="gloo", timeout=timeout) if is_distributed() else None

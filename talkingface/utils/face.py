@@ -54,13 +54,10 @@ class FaceDetector:
     """mediapipe face detection: `.detect(frame_bgr) -> [(x1, y1, x2, y2, score), ...]`.
 
     Boxes are in pixels of the given frame, clipped to it, best first (largest and most central:
-    area weighted by closeness to the frame centre). model_selection=1 is the full-range model:
-    on the real 720p sample clips (1046 frames) it found exactly one face in every frame at every
-    `max_side` tried, where the short-range model (0) missed a tilted head at 640 and 1280 px.
-    Frames are downscaled (bilinear) to at most `max_side` px first and boxes scaled back:
-    mediapipe works at 192 px anyway, and at 720p the 320/640 px copies cut the cost per frame
-    by about 15%/9% (measured: 5.1/5.5/6.0 CPU-ms at 320/640/1280). Keep it large enough for
-    small faces in wide shots.
+    area weighted by closeness to the frame centre). model_selection=1 is the full-range model,
+    which also finds tilted heads that the short-range model (0) misses. Frames are downscaled
+    (bilinear) to at most `max_side` px first and boxes scaled back: mediapipe works at 192 px
+    anyway, so a smaller copy costs less to make; keep it large enough for small faces in wide shots.
     """
 
     def __init__(self, model_selection: int = 1, min_confidence: float = 0.5, max_side: int = 640):

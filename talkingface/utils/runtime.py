@@ -17,6 +17,8 @@ import logging
 import os
 import platform
 
+from talkingface.utils.errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
 # <malloc.h> parameter numbers of mallopt
@@ -50,3 +52,21 @@ def keep_freed_memory():
     if not _applied:
         logger.debug("mallopt refused the settings; keeping malloc's defaults")
     return _applied
+
+
+def use_bf16(setting, device):
+    """infer_bf16: true/false, or auto = on for CPUs with native bfloat16 support."""
+    # torch is imported here, not at the top: the entry points import this module to tune malloc
+    # before torch is loaded.
+    import torch
+
+    if isinstance(setting, bool):
+        return setting
+    if str(setting).lower() != "auto":
+        raise ConfigError(f"infer_bf16 must be true, false or auto (got {setting})")
+    if device.type != "cpu":
+        return False
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False

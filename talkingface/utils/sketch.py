@@ -49,7 +49,7 @@ NOSE = (
 SKETCH_CONNECTIONS = tuple(sorted(set(
     LIPS + LEFT_EYE + LEFT_EYEBROW + RIGHT_EYE + RIGHT_EYEBROW + FACE_OVAL_NO_FOREHEAD + NOSE)))
 
-# Mouth area from under the nose to the chin, in polygon order (HYPERLIPS.md GT_MASK).
+# Mouth area from under the nose to the chin, in polygon order (the official HR data's GT_MASK).
 LIP_MASK_INDICES = (164, 167, 165, 92, 186, 57, 43, 106, 182, 83, 18, 313, 406, 335, 273, 287,
                     410, 322, 391, 393)
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 import math
 import os
 import re
+import signal
 import subprocess
 import logging
 import tempfile
-import uuid
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -21,11 +21,14 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from talkingface.utils.audio import _check_input_file, _ffmpeg_error_line, ffmpeg_exe
+from talkingface.utils.audio import _check_input_file, _ffmpeg_error_line, ffmpeg_exe, has_audio_stream
 from talkingface.utils.errors import InputError
+from talkingface.utils.files import remove_stale_temp_files, temp_name
 
 logger = logging.getLogger(__name__)
 
+VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".flv", ".mpg", ".mpeg",
+                              ".wmv", ".ts", ".3gp"})
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 STILL_IMAGE_FPS = 25.0  # a still image is treated as one frame of a 25 fps video
 
@@ -204,13 +207,35 @@ def read_frames(path: str | os.PathLike, fps: float | None = None) -> list[np.nd
     return list(iter_frames(path, fps))
 
 
-def _has_audio_stream(path: Path) -> bool:
-    proc = subprocess.run([ffmpeg_exe(), "-nostdin", "-hide_banner", "-i", str(path)],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    err = proc.stderr.decode("utf-8", "replace")
-    if "Invalid data found" in err or "No such file" in err:
-        raise InputError(f"Cannot read audio source {path}: {_ffmpeg_error_line(proc.stderr)}")
-    return any(kind == "Audio" for kind, _ in _STREAM_RE.findall(err))
+# Containers that take libx264 video and aac audio; a name without a suffix is written as mp4.
+OUTPUT_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv", ".avi")
+def check_output_path(path: str | os.PathLike, inputs=()) -> Path:
+    """Check, before any long work, that a video can be written to `path` (one-line InputError
+    if not): not a folder, not one of `inputs`, a container that takes H.264, a folder that
+    exists (it is created) and is writable. Also removes stale temp files of ours in that folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"output {path} is an existing folder: give a file name, e.g. {path / 'out.mp4'}")
+    if path.suffix and path.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise InputError(f"output {path}: cannot write a '{path.suffix}' file; use one of "
+                         f"{', '.join(OUTPUT_SUFFIXES)}")
+    for source in inputs:
+        if source is not None and path.exists() and Path(source).exists() and path.samefile(source):
+            raise InputError(f"output {path} is also an input: choose another output file")
+    folder = path.parent
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"output {path}: {folder} is a file, not a folder; choose another output path")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = temp_name(path)  # the writer's own temp file, created and removed at once
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        os.remove(probe)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise InputError(f"cannot write to the output folder {folder} ({reason}): choose another output "
+                         "path") from None
+    remove_stale_temp_files(folder)
+    return path
 
 
 def _rate_string(fps: float) -> str:
@@ -224,10 +249,12 @@ def _rate_string(fps: float) -> str:
 class VideoWriter:
     """Write BGR frames to an mp4 (libx264, yuv420p) with an optional audio track (aac).
 
-    Frames are piped raw into ffmpeg. Odd widths/heights are padded by one black pixel row/column
-    (yuv420p needs even sizes). With `audio_path` (a wav/mp3 or any file with an audio stream),
-    the output is cut to the shorter of video and audio. The result appears at `path` only when
-    everything succeeded (temp file + rename); on error the temp file is removed.
+    Frames are piped raw into ffmpeg. An odd width or height gets one more column or row, a copy
+    of the last one (H.264 in yuv420p, the format every browser and phone plays, stores colour per
+    2x2 pixels and so has even sizes only); the input's pixels keep their places. With
+    `audio_path` (a wav/mp3 or any file with an audio stream), the output is cut to the shorter
+    of video and audio. The result appears at `path` only when everything succeeded (temp file +
+    rename); on error the temp file is removed.
 
         with VideoWriter("out.mp4", 25, audio_path="speech.wav") as writer:
             for frame in frames:
@@ -238,19 +265,17 @@ class VideoWriter:
                  crf: int = 18, preset: str = "fast"):
         if not fps or not math.isfinite(fps) or fps <= 0:
             raise InputError(f"VideoWriter needs a positive fps, got {fps}")
-        self.path = Path(path)
+        self.path = check_output_path(path, inputs=(audio_path,))
         self.fps = float(fps)
         self.crf = int(crf)
         self.preset = preset
         self.audio_path = None
         if audio_path is not None:
             self.audio_path = _check_input_file(audio_path, "Audio file")
-            if not _has_audio_stream(self.audio_path):
+            if not has_audio_stream(self.audio_path):
                 raise InputError(f"No audio stream in {self.audio_path}: "
                                  "give a wav/mp3 or a video with sound")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        suffix = self.path.suffix or ".mp4"
-        self._tmp = self.path.with_name(f".{self.path.stem}.tmp-{uuid.uuid4().hex[:8]}{suffix}")
+        self._tmp = temp_name(self.path, self.path.suffix or ".mp4")
         self._proc: subprocess.Popen | None = None
         self._stderr = None
         self._size: tuple[int, int] | None = None  # (width, height)
@@ -261,7 +286,7 @@ class VideoWriter:
     def _start(self, width: int, height: int) -> None:
         self._size = (width, height)
         cmd = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
-               "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{width}x{height}",
+               "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{width + width % 2}x{height + height % 2}",
                "-r", _rate_string(self.fps), "-i", "pipe:0"]
         if self.audio_path is not None:
             cmd += ["-i", str(self.audio_path), "-map", "0:v:0", "-map", "1:a:0",
@@ -269,7 +294,9 @@ class VideoWriter:
         else:
             cmd += ["-map", "0:v:0"]
         if width % 2 or height % 2:
-            cmd += ["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2"]
+            logger.info("%s: frames of %dx%d are written as %dx%d (the last column/row repeated): H.264 "
+                        "in yuv420p, which every player supports, has even sizes only", self.path,
+                        width, height, width + width % 2, height + height % 2)
         cmd += ["-c:v", "libx264", "-preset", self.preset, "-crf", str(self.crf), "-pix_fmt", "yuv420p"]
         if self._tmp.suffix.lower() in (".mp4", ".mov", ".m4v"):
             cmd += ["-movflags", "+faststart"]  # index first: plays while downloading
@@ -298,16 +325,28 @@ class VideoWriter:
                              f"{self._size[0]}x{self._size[1]} in {self.path}")
         if self._input_closed:
             return  # the audio has ended: -shortest dropped the rest of the video
+        if width % 2 or height % 2:
+            frame = cv2.copyMakeBorder(frame, 0, height % 2, 0, width % 2, cv2.BORDER_REPLICATE)
         try:
             self._proc.stdin.write(np.ascontiguousarray(frame).tobytes())
         except (BrokenPipeError, OSError):
-            # With -shortest ffmpeg stops reading once the audio ends. Whether that was a clean
-            # finish or a failure shows in its exit status, checked by close().
+            # With -shortest ffmpeg stops reading once the audio ends (and exits 0). Any other
+            # reason is a failure (disk full, bad output): stop now, not after the last frame.
             self._input_closed = True
+            try:
+                rc = self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                rc = None
+            if rc not in (None, 0):
+                raise InputError(f"ffmpeg failed to write {self.path}: {self._error_line(rc)}") from None
             return
         self.frames_written += 1
 
-    def _error_line(self) -> str:
+    def _error_line(self, rc: int | None = None) -> str:
+        if rc is not None and rc < 0:  # killed, with nothing on stderr
+            name = signal.Signals(-rc).name
+            return f"ffmpeg was stopped by {name}" + (" (the file size limit, ulimit -f)"
+                                                      if -rc == signal.SIGXFSZ else "")
         if self._stderr is None:
             return "no output"
         self._stderr.seek(0)
@@ -327,11 +366,25 @@ class VideoWriter:
         rc = self._proc.wait()
         self._closed = True
         if rc != 0 or not self._tmp.exists():
-            message = self._error_line()
+            message = self._error_line(rc)
             self._cleanup()
             raise InputError(f"ffmpeg failed to write {self.path}: {message}")
+        missing = self._missing_track()
+        if missing:
+            self._cleanup()
+            raise InputError(f"the output {self.path} would have no {missing} track ({self.frames_written} "
+                             "frame(s) given): use a longer video or audio")
         os.replace(self._tmp, self.path)
         self._cleanup()
+
+    def _missing_track(self) -> str | None:
+        """"video" or "audio" when the written file lacks it: ffmpeg's -shortest can drop a track
+        of a very short output and still succeed."""
+        try:
+            info = probe_video(self._tmp)
+        except InputError:
+            return "video"
+        return "audio" if self.audio_path is not None and not info.has_audio else None
 
     def _abort(self) -> None:
         """Stop ffmpeg and delete the partial output."""

@@ -16,15 +16,13 @@ import tempfile
 import cv2
 import numpy as np
 
-from talkingface.utils.audio import save_wav
+from talkingface.utils.audio import FPS, SAMPLE_RATE, save_wav
 from talkingface.utils.video import VideoWriter
 
 logger = logging.getLogger(__name__)
 
 DEMO_VERSION = 1
 MARKER_NAME = ".demo_complete"
-FPS = 25
-SAMPLE_RATE = 16000
 BASE_SEED = 20231010
 
 # Geometry of the astronaut photograph (512x512), measured once with mediapipe face mesh:

@@ -1,15 +1,21 @@
 """Raw videos -> the preprocessed Base layout (face crops at 25 fps, audio, mel, boxes, filelists).
 
 For every video under config["data_root"] (any depth, any common container, any fps and size):
-frames are resampled to 25 fps, the face is found with mediapipe on a downscaled frame, boxes are
-padded 10 px at the bottom and smoothed over a short window, and each frame's crop is resized to
-config["crop_size"] and written as JPEG. Frames without a face never leave an index gap: a clip is
+frames are resampled to 25 fps, the face is followed by the toolkit's one face tracker (utils/tracking.py:
+the same detection, face choice, minimum size, gap interpolation, smoothing and bottom pad as
+inference and evaluation, streamed here), and each frame's crop is resized to config["crop_size"]
+and written as JPEG. Frames without a face never leave an index gap: a clip is
 trimmed to its longest face-bearing run (or skipped when that run is too short to hold a training
 sample). Audio is cut to the kept frames, saved as 16 kHz mono wav, and its mel spectrogram is
 computed once (in the parent process, so workers never import librosa). Every clip is written in
 a temporary folder and renamed when complete, with `.done` inside, so an interrupted run resumes
 where it stopped; videos run in parallel worker processes (spawned, one face detector each). Bad inputs are skipped and reported in
 report.json with the reason; train/val/test filelists are split by video, reproducibly.
+
+A video without an audio track takes its speech from a same-named audio file beside it
+(clip01.mp4 + clip01.wav, .m4a, .mp3, .aac or .flac; utils.audio.audio_source_for). Under torchrun
+the videos are dealt among the ranks, each running its share on its share of its machine's cores,
+and rank 0 writes report, filelists and manifest once every share is done.
 """
 import hashlib
 import json
@@ -28,19 +34,20 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
+from talkingface.data.dataprocess.demo import demo_is_current, ensure_demo_dataset
 from talkingface.data.dataset.clip import DONE_MARKER, SPLITS, filelist_path
-from talkingface.utils.audio import load_audio, melspectrogram, save_wav
-from talkingface.utils.errors import ConfigError, InputError
+from talkingface.utils.audio import (SIDECAR_AUDIO_EXTENSIONS, audio_source_for, load_audio, melspectrogram,
+                                     save_wav, sidecar_audio)
+from talkingface.utils.errors import ConfigError, InputError, TalkingFaceError
 from talkingface.utils.face import FaceDetector, crop_resize, pad_box, smooth_boxes
 from talkingface.utils.files import write_json_atomic, write_text_atomic
 from talkingface.utils.registry import PREPROCESSORS
-from talkingface.utils.video import iter_frames, probe_video
+from talkingface.utils.tracking import FacePicker, tracker_settings
+from talkingface.utils.video import VIDEO_EXTENSIONS, iter_frames, probe_video
 
 logger = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".flv", ".mpg", ".mpeg",
-                              ".wmv", ".ts", ".3gp"})
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
 TMP_PREFIX = ".tmp-"
 
 
@@ -75,8 +82,16 @@ def _hash(data):
 
 
 def _source_stamp(path):
+    """What a clip is made from: the video's size and time, and its sidecar audio's when there is
+    one (so adding, changing or removing that file redoes the clip)."""
     stat = os.stat(path)
-    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    stamp = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    sidecar = sidecar_audio(path)
+    if sidecar is not None:
+        audio_stat = os.stat(sidecar)
+        stamp["sidecar"] = {"name": os.path.basename(sidecar), "size": audio_stat.st_size,
+                            "mtime_ns": audio_stat.st_mtime_ns}
+    return stamp
 
 
 def split_clip_ids(clip_ids, val_ratio, test_ratio, seed):
@@ -172,17 +187,17 @@ def _probe(path):
     except InputError as exc:
         code = "no_video_stream" if "No video stream" in str(exc) else "unreadable"
         raise SkipVideo(code, str(exc)) from None
-    if not info.has_audio:
-        raise SkipVideo("no_audio_stream", f"{path} has no audio stream: a training clip needs its speech")
     return info
 
 
 class _FaceRuns:
     """Streams frames, detects faces and writes crops as soon as their smoothed box is final.
 
-    Boxes are smoothed within each run of consecutive face-bearing frames; the smoother is a
-    short centred window, so a frame's box is final once `lookahead` later frames are known (or
-    its run has ended). Only those few frames are held in memory.
+    As utils.tracking.track_faces: one face per frame (FacePicker), padded at the bottom; a gap
+    of at most face_max_gap frames between two detections is interpolated and stays in the run,
+    a longer one ends it; boxes are smoothed within each run. The smoother is a short centred
+    window, so a frame's box is final once `lookahead` later frames are known (or its run has
+    ended). Only those few frames (and a short gap's) are held in memory.
     """
 
     def __init__(self, task, detector, width, height):
@@ -195,24 +210,39 @@ class _FaceRuns:
         self.run_boxes = []  # padded raw boxes of the current run
         self.pending = deque()  # (index, frame) not yet written
         self.boxes = {}  # frame index -> final crop box
-        self.multi_face_frames = 0
+        self.picker = FacePicker(task["face_min_size"], task["face_continuity_iou"])
+        self.gap = []  # (index, frame) missed since the run's last detection
+
+    @property
+    def multi_face_frames(self):
+        return self.picker.frames_with_several
 
     def add(self, index, frame):
-        faces = self.detector.detect(frame)
-        if len(faces) > 1:
-            self.multi_face_frames += 1
-        if not faces:
-            self.end_run(index)
+        found = self.picker(self.detector.detect(frame))
+        if found is None:
+            if self.run_start is not None:
+                self.gap.append((index, frame))
+                if len(self.gap) > self.task["face_max_gap"]:
+                    self.end_run(self.gap[0][0])
             return
         if self.run_start is None:
             self.run_start = index
-        box = pad_box(faces[0][:4], bottom=self.task["face_pad_bottom"], width=self.width, height=self.height)
-        self.run_boxes.append(box)
-        self.pending.append((index, frame))
-        while self.pending and index - self.pending[0][0] >= self.lookahead:
+        box = pad_box(found, bottom=self.task["face_pad_bottom"], width=self.width, height=self.height)
+        last = self.run_boxes[-1] if self.gap else None
+        for j, item in enumerate(self.gap):  # a short gap: boxes interpolated linearly, as fill_missing_boxes
+            self._append(item, last + (box - last) * ((j + 1) / (len(self.gap) + 1)))
+        self.gap = []
+        self._append((index, frame), box)
+
+    def _append(self, item, box):
+        self.run_boxes.append(np.asarray(box, np.float32))
+        self.pending.append(item)
+        while self.pending and item[0] - self.pending[0][0] >= self.lookahead:
             self._write(*self.pending.popleft(), run_stop=None)
 
     def end_run(self, stop):
+        """End the current run at frame `stop` (exclusive); a pending gap is dropped."""
+        self.gap = []
         while self.pending:
             self._write(*self.pending.popleft(), run_stop=stop)
         if self.run_start is not None:
@@ -236,8 +266,12 @@ def _process_video(task, detector):
     path, fps, sr = task["path"], task["fps"], task["sample_rate"]
     info = _probe(path)
     notes = []
+    audio_path = audio_source_for(path, has_audio=info.has_audio, log_level=None)  # the parent logs it
+    if audio_path == path and not info.has_audio:
+        raise SkipVideo("no_audio_stream", f"{path} has no audio stream and no same-named audio file beside it "
+                                           f"({'/'.join(SIDECAR_AUDIO_EXTENSIONS)}): a training clip needs its speech")
     try:
-        wav = load_audio(path, sr=sr)
+        wav = load_audio(audio_path, sr=sr)
     except InputError as exc:
         raise SkipVideo("no_audio_stream", str(exc)) from None
     samples_per_frame = sr / fps
@@ -263,7 +297,7 @@ def _process_video(task, detector):
     finally:
         if hasattr(frames, "close"):
             frames.close()  # releases the decoder now, not at garbage collection
-    runs.end_run(n_decoded)
+    runs.end_run(runs.gap[0][0] if runs.gap else n_decoded)
     if n_decoded == 0:
         raise SkipVideo("unreadable", f"no frame could be decoded from {path}")
     if not runs.runs:
@@ -298,9 +332,13 @@ def _process_video(task, detector):
             "width": runs.width, "height": runs.height, "first_frame": first,
             "source_fps": info.fps, "sample_rate": sr, "crop_size": task["crop_size"],
             "params_hash": task["params_hash"], "source_stamp": task["stamp"], "notes": notes}
+    result = {"n_frames": n_frames, "first_frame": first, "notes": notes}
+    if audio_path != path:
+        meta["audio_source"] = os.path.abspath(audio_path)
+        result["audio_source"] = os.path.basename(audio_path)
     with open(os.path.join(task["tmp_dir"], "meta.json"), "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=1)
-    return {"n_frames": n_frames, "first_frame": first, "notes": notes}
+    return result
 
 
 # ----------------------------------------------------------------------------------------------
@@ -320,13 +358,12 @@ class HyperLipsBasePreprocessor:
         self.root = config["preprocessed_root"]
         # Settings that change the content of a clip folder (a change redoes every clip).
         self.params = {"fps": config["fps"], "sample_rate": config["sample_rate"], "crop_size": config["crop_size"],
-                       "face_pad_bottom": config["face_pad_bottom"], "box_smooth_window": config["box_smooth_window"],
-                       "detect_max_side": config["detect_max_side"], "min_clip_frames": config["min_clip_frames"],
+                       **tracker_settings(config), "min_clip_frames": config["min_clip_frames"],
                        "jpeg_quality": config["jpeg_quality"]}
         # Settings that only change the filelists.
         self.split_params = {"val_ratio": config["val_ratio"], "test_ratio": config["test_ratio"],
                              "split_seed": config["split_seed"]}
-        self.workers = int(config["num_preprocess_workers"]) or _usable_cpus()
+        self.workers = int(config["num_preprocess_workers"]) or usable_cpus()
         self.generate_demo = bool(config["generate_demo"])
         self._check_params()
 
@@ -353,8 +390,6 @@ class HyperLipsBasePreprocessor:
     def ensure_raw_data(self):
         """Generate the embedded demo clips when this dataset asks for them."""
         if self.generate_demo:
-            from talkingface.data.dataprocess.demo import ensure_demo_dataset
-
             ensure_demo_dataset(self.data_root, **self._demo_settings())
 
     def current_manifest(self):
@@ -365,8 +400,6 @@ class HyperLipsBasePreprocessor:
     def is_stale(self):
         """True when the preprocessed data is missing, incomplete or made from other videos/settings."""
         if self.generate_demo:
-            from talkingface.data.dataprocess.demo import demo_is_current
-
             if not demo_is_current(self.data_root, **self._demo_settings()):
                 return True
         try:
@@ -399,7 +432,40 @@ class HyperLipsBasePreprocessor:
         return meta
 
     def run(self):
-        """Preprocess every new or changed video, then write report, filelists and manifest."""
+        """Preprocess every new or changed video, then write report, filelists and manifest.
+
+        Under torchrun every rank calls it: rank 0 prepares the folder and the list of videos to
+        do, each rank does its share of them, and rank 0 writes the outputs once every share is
+        done (preprocessed_root must be a folder all ranks see, e.g. on a shared filesystem).
+        """
+        # Imported here: it pulls in torch, which spawned workers (importing this module) never need.
+        from talkingface.utils import distributed as dist_utils
+
+        group = dist_utils.patient_group()  # shares differ in length: a rank may wait long for the others
+        manifest, report, tasks = run_on_main_process(self._plan, group)
+        rank, world = dist_utils.rank(), dist_utils.world_size()
+        # Big files first, dealt round-robin: the ranks' shares end at about the same time.
+        share = sorted(tasks, key=lambda t: -t["stamp"]["size"])[rank::world]
+        n_reused = len(report) - sum(e["status"] != "ok" for e in report.values())
+        logger.info("preprocessing %d videos from %s into %s (%d already done, %s%d workers)",
+                    len(tasks), self.data_root, self.root, n_reused,
+                    f"{world} ranks x " if world > 1 else "", min(self.workers, max(1, len(share))))
+        main = dist_utils.is_main_process()
+        done = {}
+        for entry in self._process_all(share):
+            done[entry["video"]] = entry
+            if main:
+                _log_entry(entry)
+        for source_rank, part in enumerate(dist_utils.all_gather_object(done, group)):
+            report.update(part)
+            if main and source_rank:  # rank 0 logs every rank's skips and notes
+                for entry in part.values():
+                    _log_entry(entry)
+        run_on_main_process(lambda: self._write_outputs(report, manifest), group)
+        return report
+
+    def _plan(self):
+        """(manifest, report entries of the clips already done, tasks of the others)."""
         self.ensure_raw_data()
         if not os.path.isdir(self.data_root):
             raise InputError(f"data_root {self.data_root} does not exist: put the raw videos there")
@@ -425,31 +491,20 @@ class HyperLipsBasePreprocessor:
             if meta is not None:
                 report[rel] = {"video": rel, "clip_id": clip_id, "status": "ok", "n_frames": meta["n_frames"],
                                "first_frame": meta["first_frame"], "notes": meta.get("notes", []), "reused": True}
+                if meta.get("audio_source"):
+                    report[rel]["audio_source"] = os.path.basename(meta["audio_source"])
                 continue
             if os.path.isdir(clip_dir):  # incomplete or out of date: redo from scratch
                 shutil.rmtree(clip_dir)
             tasks.append(dict(self.params, path=os.path.join(self.data_root, rel), rel=rel, clip_id=clip_id,
                               clip_dir=clip_dir, tmp_dir=os.path.join(self.root, TMP_PREFIX + clip_id),
                               stamp=stamp, params_hash=params_hash))
-        n_reused = len(report) - sum(e["status"] != "ok" for e in report.values())
-        logger.info("preprocessing %d videos from %s into %s (%d already done, %d workers)",
-                    len(tasks), self.data_root, self.root, n_reused, min(self.workers, max(1, len(tasks))))
-        for entry in self._process_all(tasks):
-            report[entry["video"]] = entry
-            if entry["status"] != "ok":
-                logger.warning("skipped %s: %s (%s)", entry["video"], entry["reason"], entry["detail"])
-            for note in entry.get("notes", []):
-                logger.info("%s: %s", entry["video"], note)
-        self._write_outputs(report, manifest)
-        return report
+        return manifest, report, tasks
 
     def _process_all(self, tasks):
         """Yield the report entry of every task, from worker processes when there are several."""
-        # Imported here: it pulls in torch, which spawned workers (importing this module) never need.
-        from talkingface.utils.distributed import is_main_process
+        from talkingface.utils.distributed import is_main_process   # torch: see run()
 
-        # Big files first, so no worker is left with a long video at the end.
-        tasks = sorted(tasks, key=lambda t: -t["stamp"]["size"])
         workers = min(self.workers, len(tasks))
         bar = tqdm(total=len(tasks), desc="preprocess", unit="video", disable=not is_main_process())
         remaining = {task["clip_id"]: task for task in tasks}
@@ -487,7 +542,22 @@ class HyperLipsBasePreprocessor:
 
     def _write_outputs(self, report, manifest):
         ok = sorted(e["clip_id"] for e in report.values() if e["status"] == "ok")
+        unseen = ok
+        for wait in (0, 1, 2, 4, 8, 16, 32):  # a network filesystem may show another machine's files late
+            time.sleep(wait)
+            unseen = [c for c in unseen if not os.path.isfile(os.path.join(self.root, c, DONE_MARKER))]
+            if not unseen:
+                break
+        if unseen:  # made by another rank in a folder this one does not see
+            raise InputError(f"{len(unseen)} finished clips (e.g. {unseen[0]}) are missing from {self.root}: "
+                             "with several machines, preprocessed_root must be on a filesystem they all share")
         write_json_atomic(os.path.join(self.root, "report.json"), dict(sorted(report.items())), indent=1)
+        sidecars = sorted(e["video"] for e in report.values() if e["status"] == "ok" and e.get("audio_source"))
+        for video in sidecars:
+            logger.debug("%s: audio from %s beside it", video, report[video]["audio_source"])
+        if sidecars:
+            logger.info("%d videos without an audio track took their audio from a same-named file beside them "
+                        "(e.g. %s + %s)", len(sidecars), sidecars[0], report[sidecars[0]]["audio_source"])
         if not ok:
             raise InputError(f"no usable clip in {self.data_root}: every video was skipped "
                              f"(reasons in {os.path.join(self.root, 'report.json')})")
@@ -504,9 +574,36 @@ class HyperLipsBasePreprocessor:
         write_json_atomic(self.manifest_path, {"manifest": manifest}, indent=1)
 
 
-def _usable_cpus():
-    """CPUs this process may run on (the affinity mask, not the host's count, in containers)."""
+def _log_entry(entry):
+    if entry["status"] != "ok":
+        logger.warning("skipped %s: %s (%s)", entry["video"], entry["reason"], entry["detail"])
+    for note in entry.get("notes", []):
+        logger.info("%s: %s", entry["video"], note)
+
+
+def run_on_main_process(work, group):
+    """work() on rank 0, its result on every rank; a TalkingFaceError there is raised on every rank
+    (the others would otherwise wait for rank 0 until the group's timeout)."""
+    from talkingface.utils import distributed as dist_utils   # torch: see HyperLipsBasePreprocessor.run
+
+    result = None
+    if dist_utils.is_main_process():
+        try:
+            result = work()
+        except TalkingFaceError as exc:
+            result = exc
+    result = dist_utils.broadcast_object(result, group)
+    if isinstance(result, TalkingFaceError):
+        raise result
+    return result
+
+
+def usable_cpus():
+    """CPUs for this process's workers: the affinity mask's (not the host's count, in containers),
+    shared evenly among the ranks a launcher started on this machine (LOCAL_WORLD_SIZE)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE") or 1)
+    return max(1, cpus // max(1, local_ranks))

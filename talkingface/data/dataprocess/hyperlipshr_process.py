@@ -1,17 +1,21 @@
 """HR-stage preprocessing: Base data + a Base checkpoint -> the HR decoder's training data.
 
 For every clip of the Base data (train + val + test filelists) the Base model regenerates the
-face from the clip's own audio (HYPER_IMG; reference = the clip's first frame, as in the official
-HR data; bfloat16 exactly when inference uses it, see infer_bf16); the face mesh of the original
+face from the clip's own audio (HYPER_IMG; the reference frame per `reference_frame`, as inference
+picks it: by default the clip's first frame, as in the official HR data; bfloat16 exactly when
+inference uses it, see infer_bf16); the face mesh of the original
 crop gives the lip mask and box (GT_MASK), the mesh of the Base output gives the decoder's sketch
 (HYPER_SKETCH). The Base model runs batched in this process; the mesh and the file writing run
-beside it in a pool (hr_preprocess_workers; on the CPU the Base model is ~20x the mesh's cost, so
-there they run in-process by default). Frames where the mesh finds no face get landmarks
+beside it in a pool (hr_preprocess_workers; on the CPU the Base model costs far more than the
+mesh, so there they run in-process by default). Frames where the mesh finds no face get landmarks
 interpolated from their neighbours; a clip with no face at all gets blank sketches and the
 default lower-face lip box: never a gap, never a crash.
 
-Layout, under `hr_root(config)` = <preprocessed_root>/hr_<img_size>/ (derived here, so no YAML
-edit is ever needed between the Base and HR stages):
+Layout, under `hr_root(config)` = <preprocessed_root>/hr_<img_size>/base_<sha256[:12]>/, keyed by
+the content of the Base checkpoint that makes it (derived here, so no YAML edit is ever needed
+between the Base and HR stages). Training Base further makes a new folder beside the old one and
+never deletes the data an HR checkpoint was trained on; `hr_prune_other_bases: true` deletes the
+folders of other Base checkpoints.
     state.json                 what the data was made from (Base checkpoint, settings, clips)
     <clip_id>/
         GT_IMG/k.jpg           original face crop at img_size (BGR)
@@ -39,50 +43,32 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from talkingface.utils.checkpoint import CHECKPOINT_PATTERN, stage_checkpoint
+from talkingface.data.dataprocess.hyperlipsbase_process import run_on_main_process, usable_cpus
+from talkingface.data.dataset.clip import DONE_MARKER, SPLITS, Clip, read_filelist
+from talkingface.data.dataset.hr_layout import (BASE_SIZE, FORMAT_VERSION, IMAGE_FOLDERS, frame_path,  # noqa: F401
+                                                hr_root, hr_size_root, resolve_base_checkpoint)
+from talkingface.model import load_network
+from talkingface.model.inputs import masked_input, reference_index, to_uint8_images
+from talkingface.utils import distributed as dist_utils
+from talkingface.utils.audio import frame_mel_chunks
 from talkingface.utils.distributed import is_main_process
 from talkingface.utils.errors import CheckpointError, ConfigError, InputError
+from talkingface.utils.face import FaceMesh, crop_resize
+from talkingface.utils.fingerprint import checkpoint_fingerprint
 from talkingface.utils.registry import PREPROCESSORS
+from talkingface.utils.runtime import use_bf16
+from talkingface.utils.sketch import draw_sketch, lip_box, lip_mask
+from talkingface.utils.video import iter_frames
 
 logger = logging.getLogger(__name__)
 
-BASE_SIZE = 128          # the Base model's (and the HR decoder's input) resolution
-FORMAT_VERSION = 1       # bump when the layout or the way it is computed changes
-SPLITS = ("train", "val", "test")
-IMAGE_FOLDERS = ("GT_IMG", "GT_MASK", "GT_SKETCH", "HYPER_IMG", "HYPER_SKETCH")
 JPEG_QUALITY = 95
 
 
 # ---------------------------------------------------------------------------- paths
-def hr_root(config):
-    """Folder of the HR data for this dataset and resolution."""
-    return os.path.join(config["preprocessed_root"], f"hr_{int(config['img_size'])}")
-
-
-def hr_clip_dir(config, clip_id):
-    return os.path.join(hr_root(config), clip_id)
-
-
-def resolve_base_checkpoint(config):
-    """config["base_checkpoint"] when set, else the latest checkpoint of the Base stage."""
-    return stage_checkpoint(config, "HyperLipsBase", config["base_checkpoint"], "base_checkpoint")
-
-
-def checkpoint_fingerprint(path):
-    stat = os.stat(path)
-    match = CHECKPOINT_PATTERN.search(os.path.basename(path))
-    return {"path": os.path.abspath(path), "step": int(match.group(1)) if match else None,
-            "mtime_ns": stat.st_mtime_ns, "size": stat.st_size}
-
-
 def default_lip_box(size):
     """Lower-face box used when a frame's lip mask is empty (no face found anywhere in the clip)."""
     return (size // 4, int(size * 0.55), size - size // 4, int(size * 0.95))
-
-
-def frame_path(clip_dir, folder, k):
-    ext = "jpg" if folder == "GT_IMG" else "png"
-    return os.path.join(clip_dir, folder, f"{k}.{ext}")
 
 
 # ---------------------------------------------------------------------------- landmarks
@@ -113,7 +99,6 @@ def valid(landmarks):
 
 # ---------------------------------------------------------------------------- Base output
 def load_base_model(path, device):
-    from talkingface.model import load_network
     # channels_last: the same numbers, faster convolutions (oneDNN on the CPU, cuDNN on GPUs).
     model = load_network("HyperLipsBase", path).to(device, memory_format=torch.channels_last).eval()
     for p in model.parameters():
@@ -122,28 +107,26 @@ def load_base_model(path, device):
 
 
 @torch.no_grad()
-def generate_hyper_frames(model, clip, device, batch_size, bf16=False):
+def generate_hyper_frames(model, clip, device, batch_size, bf16=False, reference="first"):
     """The Base model's output for every frame of `clip` from its own audio: uint8 (n,128,128,3).
 
-    Inputs as the official HR data had them (Base inference on the clip): the frame with its lower
-    half zeroed next to a reference (the clip's first frame), and the mel chunk of frame k (the
-    team's one mel/frame convention). `bf16`: bfloat16 autocast, as inference runs the Base model.
+    Inputs as inference makes them (Base inference on the clip; model.inputs): the frame with its
+    lower half zeroed next to the reference frame of the `reference` policy (default the clip's
+    first frame, as the official HR data), and the mel chunk of frame k (the one mel/frame
+    convention). `bf16`: bfloat16 autocast, as inference runs the Base model.
     """
-    from talkingface.utils.audio import frame_mel_chunks
     n = clip.n_frames
-    faces = np.stack([clip.frame(k, BASE_SIZE) for k in range(n)])
+    faces = torch.from_numpy(np.stack([clip.frame(k, BASE_SIZE) for k in range(n)])).permute(0, 3, 1, 2)
     chunks = torch.from_numpy(frame_mel_chunks(clip.mel, n)).unsqueeze(1)  # (n,1,80,16)
-    reference = torch.from_numpy(faces[0]).permute(2, 0, 1).float().div(255)
+    references = [reference_index(reference, k, n) for k in range(n)]
     outputs = []
     for start in range(0, n, batch_size):
-        target = torch.from_numpy(faces[start:start + batch_size]).permute(0, 3, 1, 2).float().div(255)
-        target[:, :, BASE_SIZE // 2:] = 0
-        face = torch.cat([target, reference.expand_as(target)], dim=1).to(
-            device, memory_format=torch.channels_last)
-        audio = chunks[start:start + batch_size].to(device)
+        stop = min(start + batch_size, n)
+        face = masked_input(faces[start:stop].float().div(255), faces[references[start:stop]].float().div(255))
+        face = face.to(device, memory_format=torch.channels_last)
+        audio = chunks[start:stop].to(device)
         with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
-            generated = model(audio, face).float().clamp(0, 1)
-        outputs.append(generated.mul(255).round().byte().permute(0, 2, 3, 1).cpu().numpy())
+            outputs.append(to_uint8_images(model(audio, face)))
     return np.concatenate(outputs)
 
 
@@ -166,8 +149,6 @@ def iter_gt_frames(clip, img_size, data_root):
 
 
 def _recut_frames(clip, source, img_size):
-    from talkingface.utils.face import crop_resize
-    from talkingface.utils.video import iter_frames
     first, n, k = int(clip.meta.get("first_frame", 0)), clip.n_frames, 0
     frames = iter_frames(source, fps=clip.fps)
     try:
@@ -215,7 +196,6 @@ def _mesh():
     """One FaceMesh per process (mediapipe graphs are not picklable, and cheap to keep)."""
     global _worker_mesh
     if _worker_mesh is None:
-        from talkingface.utils.face import FaceMesh
         _worker_mesh = FaceMesh(static_image_mode=True)
     return _worker_mesh
 
@@ -226,8 +206,6 @@ def write_hr_clip(job):
     `job`: clip_dir, out_dir, img_size, data_root, hyper (uint8 (n,128,128,3)), done (the .done
     text). Runs in a pool worker or in the main process.
     """
-    from talkingface.data.dataset.clip import Clip
-    from talkingface.utils.sketch import draw_sketch, lip_box, lip_mask
 
     clip = Clip(job["clip_dir"])
     out_dir, size, hyper = job["out_dir"], int(job["img_size"]), job["hyper"]
@@ -282,7 +260,7 @@ def write_hr_clip(job):
                "empty_lip_masks": empty_masks}
     with open(os.path.join(out_dir, "meta.json"), "w") as f:
         json.dump(summary, f)
-    with open(os.path.join(out_dir, ".done"), "w") as f:
+    with open(os.path.join(out_dir, DONE_MARKER), "w") as f:
         f.write(job["done"])
     return clip_id, n, summary
 
@@ -294,14 +272,17 @@ class HyperLipsHRPreprocessor:
 
     def __init__(self, config):
         self.config = config
-        self.root = hr_root(config)
+
+    @property
+    def root(self):
+        """hr_root of the Base checkpoint read now (CheckpointError without one)."""
+        return hr_root(self.config)
 
     # -- what the data depends on
     def base_preprocessor(self):
         return PREPROCESSORS.get("HyperLipsBasePreprocessor")(self.config)
 
     def clip_dirs(self):
-        from talkingface.data.dataset.clip import read_filelist
         dirs = []
         for split in SPLITS:
             dirs += [d for d in read_filelist(self.config, split) if d not in dirs]
@@ -310,16 +291,15 @@ class HyperLipsHRPreprocessor:
     def base_bf16(self):
         """Run the Base model in bfloat16 exactly when inference does (infer_bf16), so that the
         decoder trains on the Base outputs it will be given."""
-        from talkingface.inference.pipeline import use_bf16
         return use_bf16(self.config["infer_bf16"], self.config["device"])
 
     def workers(self):
-        """auto: a pool per CPU core when a GPU runs the Base model (the mesh is then the slow
-        part), none on the CPU (there the Base model costs ~20x the mesh and the pool only adds
-        start-up time)."""
+        """auto: a pool per CPU core of this rank's share when a GPU runs the Base model (the mesh
+        is then the slow part), none on the CPU (there the Base model costs far more than the mesh and the pool
+        only adds start-up time)."""
         setting = self.config["hr_preprocess_workers"]
         if str(setting).lower() == "auto":
-            return (os.cpu_count() or 1) if self.config["device"].type == "cuda" else 0
+            return usable_cpus() if self.config["device"].type == "cuda" else 0
         try:
             return max(0, int(setting))
         except (TypeError, ValueError):
@@ -328,13 +308,14 @@ class HyperLipsHRPreprocessor:
     def state(self, checkpoint, clip_dirs):
         return {"format": FORMAT_VERSION, "img_size": int(self.config["img_size"]),
                 "base_size": BASE_SIZE, "base_bf16": self.base_bf16(),
+                "reference_frame": self.config["reference_frame"],
                 "base_checkpoint": checkpoint_fingerprint(checkpoint),
                 "clips": sorted(os.path.basename(os.path.normpath(d)) for d in clip_dirs)}
 
     @staticmethod
     def clip_done_text(clip_dir):
         """A clip is redone when its Base data was rewritten since (its .done changed)."""
-        stat = os.stat(os.path.join(clip_dir, ".done"))
+        stat = os.stat(os.path.join(clip_dir, DONE_MARKER))
         return json.dumps({"base_done_mtime_ns": stat.st_mtime_ns})
 
     def _read_state(self):
@@ -345,7 +326,7 @@ class HyperLipsHRPreprocessor:
             return None
 
     def _clip_is_done(self, clip_dir):
-        marker = os.path.join(self.root, os.path.basename(os.path.normpath(clip_dir)), ".done")
+        marker = os.path.join(self.root, os.path.basename(os.path.normpath(clip_dir)), DONE_MARKER)
         try:
             with open(marker) as f:
                 return f.read() == self.clip_done_text(clip_dir)
@@ -366,30 +347,55 @@ class HyperLipsHRPreprocessor:
 
     # -- making it
     def run(self):
-        config = self.config
+        """Make the missing clips. Under torchrun every rank calls it: rank 0 decides what to make,
+        each rank makes its share of the clips (on its own device), all return when all are done."""
         base = self.base_preprocessor()
-        if base.is_stale():
+        if dist_utils.broadcast_object(dist_utils.is_main_process() and base.is_stale()):
             base.run()
-        checkpoint = resolve_base_checkpoint(config)
+        group = dist_utils.patient_group()  # shares differ in length: a rank may wait long for the others
+        checkpoint, todo = run_on_main_process(self._plan, group)
+        share = todo[dist_utils.rank()::dist_utils.world_size()]
+        if share:
+            self._make(share, checkpoint)
+        dist_utils.all_gather_object(len(share), group)  # every share done
+
+    def _plan(self):
+        """(Base checkpoint, clip folders whose HR data is missing); resets out-of-date HR data of
+        this Base checkpoint (settings or clips changed) and, with hr_prune_other_bases, deletes
+        the HR data of other Base checkpoints."""
+        checkpoint = resolve_base_checkpoint(self.config)
         clip_dirs = self.clip_dirs()
         state = self.state(checkpoint, clip_dirs)
+        self._other_bases()
         if self._read_state() != state:
             if os.path.isdir(self.root):
-                logger.info("HR data in %s is out of date (Base checkpoint, settings or clips changed): "
-                            "making it again", self.root)
+                logger.info("HR data in %s is out of date (settings or clips changed): making it again", self.root)
                 shutil.rmtree(self.root)
             os.makedirs(self.root)
             with open(os.path.join(self.root, "state.json"), "w") as f:
                 json.dump(state, f, indent=1)
         todo = [d for d in clip_dirs if not self._clip_is_done(d)]
-        if not todo:
+        if todo:
+            logger.info("HR data: %d of %d clips to make in %s from %s", len(todo), len(clip_dirs),
+                        self.root, checkpoint)
+        return checkpoint, todo
+
+    def _other_bases(self):
+        """HR data folders of other Base checkpoints: kept and listed, or deleted when asked."""
+        parent = hr_size_root(self.config)
+        others = sorted(os.path.join(parent, name) for name in (os.listdir(parent) if os.path.isdir(parent) else [])
+                        if name.startswith("base_") and os.path.join(parent, name) != self.root)
+        if not others:
             return
-        logger.info("HR data: %d of %d clips to make in %s from %s", len(todo), len(clip_dirs),
-                    self.root, checkpoint)
-        self._make(todo, checkpoint)
+        if self.config["hr_prune_other_bases"]:
+            for folder in others:
+                shutil.rmtree(folder)
+            logger.info("deleted the HR data of %d other Base checkpoint(s) (hr_prune_other_bases)", len(others))
+        else:
+            logger.info("HR data of %d other Base checkpoint(s) kept in %s (HR checkpoints trained on them may "
+                        "need it; --hr_prune_other_bases=true deletes it)", len(others), parent)
 
     def _make(self, clip_dirs, checkpoint):
-        from talkingface.data.dataset.clip import Clip
         config = self.config
         device = config["device"]
         model = load_base_model(checkpoint, device)
@@ -404,7 +410,8 @@ class HyperLipsHRPreprocessor:
                 job = {"clip_dir": clip_dir, "img_size": int(config["img_size"]),
                        "out_dir": os.path.join(self.root, os.path.basename(os.path.normpath(clip_dir))),
                        "data_root": config["data_root"], "done": self.clip_done_text(clip_dir),
-                       "hyper": generate_hyper_frames(model, clip, device, int(config["hr_base_batch_size"]), bf16)}
+                       "hyper": generate_hyper_frames(model, clip, device, int(config["hr_base_batch_size"]), bf16,
+                                                      config["reference_frame"])}
                 if pool is None:
                     self._finished(write_hr_clip(job), progress)
                     continue

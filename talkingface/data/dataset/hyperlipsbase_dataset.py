@@ -1,10 +1,10 @@
 """Training data for HyperLipsBase: a masked target window, a reference window and its audio.
 
-Per item (HYPERLIPS.md "HyperLipsBase" and "Base training"), all from ONE clip:
+Per item (docs/architecture.md, "HyperLipsBase" and "Base training loss"), all from ONE clip:
 - "face" (6, T, H, W): channels 0:3 the target window with its lower half zeroed, 3:6 a
   reference window of the same clip that does not overlap the target;
-- "indiv_mels" (T, 1, 80, 16): the mel chunk of every target frame (team convention: frame k's
-  chunk starts at int(80*k/25), right-aligned at the end);
+- "indiv_mels" (T, 1, 80, 16): the mel chunk of every target frame (frame k's chunk starts at
+  int(80*k/25), right-aligned at the end; the official training used k-1: docs/differences.md);
 - "mel" (1, 80, 16): the chunk at the window start, for the lip-sync loss;
 - "gt" (3, T, H, W): the target window.
 Images are BGR float in [0, 1], H = W = config["img_size"]. Mels come from the clip's
@@ -28,9 +28,6 @@ def reference_start(n_frames, T, start, rng):
 @DATASETS.register("HyperLipsBaseDataset")
 class HyperLipsBaseDataset(WindowDataset):
     """Items {"face", "indiv_mels", "mel", "gt"} for the Base generator (see module doc)."""
-
-    def __init__(self, config, split):
-        super().__init__(config, split)
 
     @property
     def min_windows(self):

@@ -4,7 +4,6 @@ Item (tensors, BGR [0,1]):
     input    (6,128,128)  [HYPER_IMG, sketch_for_decoder(HYPER_SKETCH, 128)]: what the decoder
                           sees at every output size, in training and at inference alike
     gt       (3,S,S)      GT_IMG at S = img_size
-    mask     (1,S,S)      GT_MASK in {0,1}
     lip_box  (4,)         int64 x1, y1, x2, y2 (x2/y2 exclusive) in S pixels; never empty
 """
 import json
@@ -15,15 +14,16 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from talkingface.data.dataprocess.hyperlipshr_process import BASE_SIZE, frame_path, hr_root
+from talkingface.data.dataset.clip import DONE_MARKER, read_filelist
+from talkingface.data.dataset.hr_layout import BASE_SIZE, frame_path, hr_root
 from talkingface.utils.errors import InputError, TalkingFaceError
 from talkingface.utils.registry import DATASETS
+from talkingface.utils.sketch import sketch_for_decoder
 
 
 def decoder_input(hyper_bgr, hyper_sketch):
     """The HR decoder's input from a 128 px Base output (uint8 BGR) and its sketch (uint8, drawn
     with draw_sketch at 128 px): float32 (6,128,128). The one recipe for training and inference."""
-    from talkingface.utils.sketch import sketch_for_decoder
     image = hyper_bgr if hyper_bgr.shape[:2] == (BASE_SIZE, BASE_SIZE) else \
         cv2.resize(hyper_bgr, (BASE_SIZE, BASE_SIZE), interpolation=cv2.INTER_AREA)
     sketch = sketch_for_decoder(hyper_sketch, BASE_SIZE)
@@ -58,17 +58,12 @@ class HRClip:
         image = read_image(frame_path(self.clip_dir, "GT_IMG", k))
         return np.ascontiguousarray(image.transpose(2, 0, 1)).astype(np.float32) / 255.0
 
-    def mask(self, k):
-        mask = read_image(frame_path(self.clip_dir, "GT_MASK", k), cv2.IMREAD_GRAYSCALE)
-        return (mask > 127).astype(np.float32)[None]
-
 
 def hr_clip_dirs(config, split):
     """HR folders of the clips in `split`; a clear error when the HR data has not been made."""
-    from talkingface.data.dataset.clip import read_filelist
     root = hr_root(config)
     dirs = [os.path.join(root, os.path.basename(os.path.normpath(d))) for d in read_filelist(config, split)]
-    missing = [d for d in dirs if not os.path.isfile(os.path.join(d, ".done"))]
+    missing = [d for d in dirs if not os.path.isfile(os.path.join(d, DONE_MARKER))]
     if missing:
         raise TalkingFaceError(
             f"HR data missing for {len(missing)} of {len(dirs)} {split} clips in {root}/: run `python "
@@ -101,5 +96,4 @@ class HyperLipsHRDataset(Dataset):
         clip, k = self.locate(index)
         return {"input": torch.from_numpy(clip.decoder_input(k)),
                 "gt": torch.from_numpy(clip.gt(k)),
-                "mask": torch.from_numpy(clip.mask(k)),
                 "lip_box": torch.from_numpy(clip.lip_boxes[k].copy())}

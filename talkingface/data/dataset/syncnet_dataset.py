@@ -1,6 +1,6 @@
 """Training data for the lip-sync expert (SyncNet_color): lower halves of 5 frames vs a mel chunk.
 
-Per item (HYPERLIPS.md "Lip-sync expert"): a clip, a window start i and the mel chunk cut at
+Per item (docs/architecture.md, "Lip-sync expert"): a clip, a window start i and the mel chunk cut at
 frame i; with label 1 the face window starts at i, with label 0 at another frame j != i of the
 same clip. Frames are resized to img_size (128), optionally mirrored (the official code always
 mirrors), and the lower halves of the T frames are stacked on channels:
@@ -61,7 +61,8 @@ class WindowDataset(Dataset):
     def pick(self, index):
         """(clip, window start, rng) for an item: random in training, fixed in validation."""
         if self.train:
-            # The global `random` is seeded per DataLoader worker by torch (and utils.seed).
+            # The global `random`: the trainer seeds it per item from the item's place in the
+            # epoch (data.dataset.sampler), so an item does not depend on the worker making it.
             clip = random.choice(self.clips)
             return clip, random.randint(0, clip.n_frames - self.T), random
         clip_index, start = self.items[index]

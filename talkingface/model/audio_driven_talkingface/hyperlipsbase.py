@@ -55,10 +55,18 @@ class HyperLipsBase(AbstractTalkingFace):
         # NHWC throughout, training included. The grouped hyper-convolutions hand back NCHW
         # maps: convert them, or the decoder at 128x128 silently runs NCHW.
         face = channels_last(face)
-        f1, f2, f3, f4 = self.face_encoder(face)
-        f4 = self.aspp(f4)
-        gated = self.hyper_control_net(audio, (f1, f2, f3, f4))
-        x = self.decoder(face, *(channels_last(g) for g in gated))
+        return self.generate(audio, face, self.encode_face(face))
+
+    def encode_face(self, face):
+        """face (N,6,H,W) -> its four encoder features (f1, f2, f3, LRASPP(f4)): they depend on the
+        frames only, never on the audio, so inference computes them once per video frame."""
+        f1, f2, f3, f4 = self.face_encoder(channels_last(face))
+        return f1, f2, f3, self.aspp(f4)
+
+    def generate(self, audio, face, features):
+        """audio (N,1,80,16), face (N,6,H,W), encode_face(face) -> (N,3,H,W)."""
+        gated = self.hyper_control_net(audio, features)
+        x = self.decoder(channels_last(face), *(channels_last(g) for g in gated))
         return self.output_block(self.up_conv(x)).contiguous()
 
 

@@ -1,0 +1,176 @@
+"""Streaming lip-sync at real-time pace: sustained frame rate, backlog and latency, random-init weights.
+
+    python benchmarks/bench_stream.py [--video V] [--audio A] [--seconds 60] [--modes base hr]
+                                      [--batch-size 1] [--chunk-ms 20] [--device cpu] [--threads N]
+
+Without --video, the synthetic 1280x720 talking-face clip of benchmarks/harness.py is the avatar
+and its own track (looped) the audio. Each mode runs in its own process: the avatar is prepared
+(prepare_seconds, not counted below), then a feeder thread releases the audio in --chunk-ms chunks
+at real-time pace and the stream (talkingface.inference.stream) takes whatever has arrived,
+emitting frames as their audio completes.
+
+Reported per mode:
+- frames_per_s: frames emitted before close() / seconds from the first audio to the last of them;
+  real time is 25;
+- latency_ms p50/p95/max: per frame, from the arrival of the chunk holding the last sample the frame
+  needs (stream.samples_needed) to the frame's emission;
+- backlog_frames: frames whose audio had arrived but were not emitted yet, averaged over the first
+  and the last third of the run (growth = last - first; > 0: falling behind real time) and its max;
+- prepare_profile_ms: milliseconds in each stage while the avatar was prepared (in all);
+- cpu_ms_per_frame and frames_per_s_if_cores_idle = cpu_count * 1000 / cpu_ms_per_frame, as in
+  bench_inference.py (on a busy machine wall-clock figures say little), and the stage profile of
+  the streaming (ms per frame).
+"""
+import argparse
+import os
+import queue
+import tempfile
+import threading
+import time
+
+import harness
+
+# As run_talkingface.py: idle OpenMP threads must not spin (they burn CPU time next to the decoder,
+# encoder and face-mesh threads); the measured children inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def child(args):
+    import logging
+
+    import numpy as np
+    import torch
+
+    from talkingface.config import Config
+    from talkingface.inference.pipeline import LipSyncer
+    from talkingface.inference.profile import StageProfiler
+    from talkingface.inference.stream import samples_needed
+    from talkingface.model import build_network
+    from talkingface.utils.audio import load_audio
+    from talkingface.utils.checkpoint import save_checkpoint_file
+    from talkingface.utils.runtime import keep_freed_memory
+
+    keep_freed_memory()
+    logging.getLogger("talkingface").setLevel(logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    base_path, hr_path = os.path.join(args.tmp, "base.pth"), os.path.join(args.tmp, "hr.pth")
+    if not os.path.exists(base_path):
+        save_checkpoint_file({"state_dict": build_network("HyperLipsBase").state_dict()}, base_path)
+    if args.mode == "hr" and not os.path.exists(hr_path):
+        save_checkpoint_file({"state_dict": build_network("HRDecoder", 1).state_dict()}, hr_path)
+    settings = dict(mode="infer", device=args.device, checkpoint=base_path)
+    if args.mode == "hr":
+        settings.update(checkpoint=hr_path, base_checkpoint=base_path)
+    config = Config(model="HyperLipsHR" if args.mode == "hr" else "HyperLipsBase", dataset="demo",
+                    config_dict=settings)
+    wav = load_audio(args.audio)
+    n = int(args.seconds * 16000)
+    pcm = (np.clip(np.tile(wav, n // len(wav) + 1)[:n], -1, 1) * 32767).astype(np.int16)
+    chunk = int(16000 * args.chunk_ms / 1000)
+
+    syncer = LipSyncer(config).load()
+    profiler = StageProfiler()
+    started = time.perf_counter()
+    stream = syncer.stream(args.video, profiler=profiler, infer_batch_size=args.batch_size)
+    prepare_seconds = time.perf_counter() - started
+    prepare_profile = {name: round(1000 * s) for name, s in profiler.seconds.items() if s}  # ms in all
+    profiler.seconds = dict.fromkeys(profiler.seconds, 0.0)  # from here on: the streaming only
+
+    arrivals = queue.Queue()  # (time the chunk was complete, samples)
+    arrived_at = []           # arrival time of chunk i
+
+    def feed():
+        t0 = time.perf_counter()
+        for i, start in enumerate(range(0, len(pcm), chunk)):
+            delay = t0 + (i + 1) * chunk / 16000 - time.perf_counter()  # a chunk is there once recorded
+            if delay > 0:
+                time.sleep(delay)
+            now = time.perf_counter()
+            arrived_at.append(now)
+            arrivals.put((now, pcm[start:start + chunk]))
+        arrivals.put(None)
+
+    cpu_before = harness.cpu_seconds()
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    emitted, backlog, done = [], [], False
+    t_start = time.perf_counter()
+    while not done:
+        pieces = [arrivals.get()]
+        while True:  # everything that has arrived meanwhile, in one push
+            try:
+                pieces.append(arrivals.get_nowait())
+            except queue.Empty:
+                break
+        if pieces[-1] is None:
+            done, pieces = True, pieces[:-1]
+        if not pieces:
+            continue
+        for _ in stream.push(np.concatenate([p for _, p in pieces])):
+            emitted.append(time.perf_counter())  # each frame as it is rendered
+        now = time.perf_counter()
+        ready, arrived = 0, len(arrived_at) * chunk  # frames whose audio has arrived by now
+        while samples_needed(ready) <= arrived:
+            ready += 1
+        backlog.append((now - t_start, ready - len(emitted)))
+    n_streamed = len(emitted)
+    tail = stream.close()
+    cpu = harness.cpu_seconds() - cpu_before
+    latency = []
+    for k, t in enumerate(emitted):
+        last_sample = samples_needed(k) - 1
+        latency.append(1000 * (t - arrived_at[last_sample // chunk]))
+    thirds = max(1, len(backlog) // 3)
+    first_third = float(np.mean([b for _, b in backlog[:thirds]]))
+    last_third = float(np.mean([b for _, b in backlog[-thirds:]]))
+    n_all = n_streamed + len(tail)
+    profiler.frames, profiler.wall = n_all, time.perf_counter() - t_start
+    harness.print_child_result({
+        "mode": "HR 128" if args.mode == "hr" else "Base", "audio_seconds": args.seconds,
+        "chunk_ms": args.chunk_ms, "infer_batch_size": args.batch_size, "prepare_seconds": round(prepare_seconds, 2),
+        "prepare_profile_ms": prepare_profile,
+        "frames": n_all, "frames_per_s": round(n_streamed / max(1e-9, emitted[-1] - t_start), 2) if emitted else 0.0,
+        "latency_ms": {"p50": round(float(np.percentile(latency, 50)), 1),
+                       "p95": round(float(np.percentile(latency, 95)), 1), "max": round(max(latency), 1)},
+        "backlog_frames": {"first_third": round(first_third, 2), "last_third": round(last_third, 2),
+                           "growth": round(last_third - first_third, 2), "max": max(b for _, b in backlog)},
+        "cpu_ms_per_frame": round(1000 * cpu / n_all, 1),
+        "frames_per_s_if_cores_idle": round(os.cpu_count() * n_all / cpu, 2),
+        "peak_rss_mb": harness.peak_rss_mb(), "load_average_1min": harness.load_average(),
+        "profile": profiler.report()})
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--video", help="avatar video (default: a synthetic 720p talking-face clip)")
+    parser.add_argument("--audio", help="audio, looped to --seconds (default: the video's own track)")
+    parser.add_argument("--seconds", type=float, default=60.0, help="seconds of audio streamed")
+    parser.add_argument("--modes", nargs="+", default=["base", "hr"], choices=["base", "hr"])
+    parser.add_argument("--batch-size", type=int, default=1, help="infer_batch_size of the stream")
+    parser.add_argument("--chunk-ms", type=float, default=20.0, help="audio chunk length")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's own choice)")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--mode", default="base", help=argparse.SUPPRESS)
+    parser.add_argument("--tmp", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(args)
+    report = dict(harness.header(args.device, args.threads), runs=[])
+    with tempfile.TemporaryDirectory(prefix="bench_stream_") as tmp:
+        args.video = args.video or harness.synthetic_talking_video(os.path.join(tmp, "synthetic_720p.mp4"))
+        args.audio = args.audio or args.video
+        for mode in args.modes:
+            result = harness.run_child(__file__, "--child", "--mode", mode, "--seconds", args.seconds,
+                                       "--video", args.video, "--audio", args.audio, "--device", args.device,
+                                       "--tmp", tmp, "--threads", args.threads, "--batch-size", args.batch_size,
+                                       "--chunk-ms", args.chunk_ms)
+            harness.print_child_result(result)
+            report["runs"].append(result)
+    harness.print_report(report)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""What the benchmark scripts share: one JSON header describing the machine, one way to measure a
+case in a child process (so its peak memory is its own), CPU time, peak memory, and a synthetic
+720p talking-face clip for scripts run without a video of their own.
+
+Key names, the same in every script: device, torch, threads, cpu_count, load_average_1min (and
+load_average_1min_at_end), frames_per_s, seconds, cpu_seconds, peak_rss_mb.
+"""
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+
+
+def device_name(device="auto"):
+    """The device a benchmark runs on, as a short description (the GPU's name on CUDA)."""
+    import torch
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if str(device).startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"cpu ({platform.processor() or platform.machine()})"
+
+
+def header(device="auto", threads=0):
+    """The machine a report was made on; `threads` 0 means torch's own choice."""
+    import torch
+    return {"device": device_name(device), "torch": torch.__version__,
+            "threads": threads or torch.get_num_threads(), "cpu_count": os.cpu_count(),
+            "load_average_1min": load_average()}
+
+
+def load_average():
+    """Above cpu_count, the timings were taken on a busy machine."""
+    return round(os.getloadavg()[0], 2)
+
+
+def cpu_seconds():
+    """User + system CPU time of this process and of its finished children (workers, ffmpeg)."""
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
+
+
+def peak_rss_mb(children=False):
+    """Peak resident memory of this process (or the largest finished child), in MB."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF)
+    return round(usage.ru_maxrss / 1024, 1)   # ru_maxrss is in KiB on Linux
+
+
+def run_child(script, *args, timeout=None):
+    """Run `python script args...` and return the JSON object of its last '{' line. A failed run
+    stops the benchmark with the child's last lines of stderr."""
+    command = [sys.executable, os.path.abspath(script), *map(str, args)]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-8:])
+        raise SystemExit(f"benchmark case failed: {' '.join(map(str, args))}\n{tail}")
+    return json.loads(lines[-1])
+
+
+def print_child_result(result):
+    """A child's one line of JSON, read by run_child."""
+    print(json.dumps(result), flush=True)
+
+
+def print_report(report):
+    report["load_average_1min_at_end"] = load_average()
+    print(json.dumps(report, indent=2), flush=True)
+
+
+def synthetic_talking_video(path, seconds=8.0, width=1280, height=720, face_px=360):
+    """A deterministic talking-face clip with its audio, at the size of typical footage: the demo
+    set's face (a real photograph with a mouth that opens with the synthetic speech) on a blurred
+    copy of the same photo. Written once to `path`; returns `path`."""
+    if os.path.isfile(path):
+        return path
+    import cv2
+    import numpy as np
+
+    from talkingface.data.dataprocess import demo
+    from talkingface.utils.audio import save_wav
+    from talkingface.utils.video import VideoWriter
+
+    rng = np.random.default_rng(demo.BASE_SEED)
+    photo = demo.astronaut_bgr()
+    n_frames = int(round(seconds * demo.FPS))
+    wav = demo.synthesize_speech(n_frames / demo.FPS, rng)
+    openness = demo.frame_openness(wav, n_frames)
+    background = cv2.GaussianBlur(cv2.resize(photo, (width, height)), (0, 0), 25).astype(np.uint8)
+    top, left = (height - face_px) // 2, (width - face_px) // 2
+    partial = path + ".partial.mp4"
+    wav_path = path + ".wav"
+    save_wav(wav_path, wav, demo.SAMPLE_RATE)
+    try:
+        with VideoWriter(partial, demo.FPS, audio_path=wav_path) as writer:
+            for k in range(n_frames):
+                frame = background.copy()
+                sway = 2.0 * np.sin(2 * np.pi * 0.3 * k / demo.FPS)
+                frame[top:top + face_px, left:left + face_px] = demo.render_frame(
+                    photo, float(openness[k]), (sway, 0.0), face_px)
+                writer.write(frame)
+        os.replace(partial, path)
+    finally:
+        for leftover in (partial, wav_path):
+            if os.path.exists(leftover):
+                os.remove(leftover)
+    return path

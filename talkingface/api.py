@@ -1,0 +1,106 @@
+"""Python API: load a HyperLips model once, then lip-sync any number of videos, photos or frames.
+
+    from talkingface import LipSync
+
+    lipsync = LipSync("HyperLipsBase", dataset="demo")         # latest checkpoints/demo/HyperLipsBase/
+    lipsync("face.mp4", "speech.wav", "out.mp4")               # -> "out.mp4"
+    frames = lipsync(bgr_frames, samples, sample_rate=16000)   # in memory -> list of BGR frames, 25 fps
+    stream = lipsync.stream("face.mp4", infer_batch_size=1)    # audio in chunks -> frames as they are ready
+    frames = stream.push(chunk) ...; frames = stream.close()
+
+It is the pipeline of `--mode=infer` (talkingface.inference.pipeline.LipSyncer), which the web app
+uses too. Errors a user can fix are one-line TalkingFaceError subclasses (utils/errors.py).
+"""
+import os
+
+import numpy as np
+
+from talkingface.config import Config
+from talkingface.inference.arrays import ArraySource
+from talkingface.inference.pipeline import FPS, LipSyncer
+from talkingface.utils.audio import SAMPLE_RATE
+from talkingface.utils.errors import InputError
+
+
+class LipSync:
+    """A loaded model: HyperLipsBase, or HyperLipsHR (its HR decoder on top of a Base model).
+
+    model: "HyperLipsBase" | "HyperLipsHR"; checkpoint: its weights (ours or official), default the
+    latest under checkpoints/<dataset>/<model>/; base_checkpoint: HyperLipsHR's Base weights,
+    default the latest Base checkpoint of the dataset; device: "auto" (CUDA when present) | "cpu" |
+    "cuda:N"; settings: any inference key of talkingface/properties/*.yaml (infer_batch_size,
+    infer_bf16, ...), the defaults of every run.
+    """
+
+    def __init__(self, model="HyperLipsBase", checkpoint=None, base_checkpoint=None, dataset="MEAD",
+                 device="auto", config_files=None, **settings):
+        config = Config(model=model, dataset=dataset, config_files=config_files, config_dict=dict(
+            settings, mode="infer", device=device, checkpoint=checkpoint, base_checkpoint=base_checkpoint))
+        self._syncer = LipSyncer(config).load()
+
+    @classmethod
+    def from_config(cls, config):
+        """A LipSync for a Config already built (the entry point's, the app's)."""
+        self = cls.__new__(cls)
+        self._syncer = LipSyncer(config).load()
+        return self
+
+    @property
+    def config(self):
+        return self._syncer.config
+
+    @property
+    def device(self):
+        return self._syncer.device
+
+    @property
+    def output_size(self):
+        """Side in pixels of the generated face: 128 for Base, the HR decoder's 128/256/512."""
+        return 128 if self._syncer.hr is None else 128 * self._syncer.hr.rescaling
+
+    def run(self, video, audio, output=None, fps=FPS, sample_rate=SAMPLE_RATE, progress=None, **settings):
+        """Lip-sync and return the InferenceResult (output path or frames, face boxes, timing).
+
+        video: a video or image file, or frames in memory (a list of BGR uint8 (H, W, 3) arrays or
+        one (N, H, W, 3) array) shown at `fps`; audio: an audio file (or a video with sound), or
+        mono samples at `sample_rate` Hz; output: the .mp4 to write (with the audio), or None to
+        get the frames back (25 fps, as long as the audio); progress(stage, done, total): called as
+        faces are tracked ("faces") and frames generated ("lip-sync"); settings: this run's
+        inference settings (infer_batch_size, infer_bf16, ...).
+        """
+        if not isinstance(video, (str, os.PathLike)):
+            video = ArraySource(video, fps=fps)
+        if not isinstance(audio, (str, os.PathLike)):
+            audio = _samples_16k(audio, sample_rate)
+        return self._syncer.run(video, audio, None if output is None else str(output), progress=progress, **settings)
+
+    def stream(self, video, fps=FPS, profiler=None, **settings):
+        """A streaming session over the avatar `video` (a video or image file, or frames in memory
+        shown at `fps`): `push(samples)` takes audio as it comes (16 kHz mono, float32 in [-1, 1]
+        or int16, chunks of any length) and returns the frames (BGR uint8, 25 fps) whose audio has
+        arrived; `close()` ends the audio and returns the last frames. The frames equal run()'s on
+        the same audio and settings. infer_batch_size=1 gives the lowest latency; avatar_cache="on"
+        skips the avatar's preparation for a video seen before. See talkingface/inference/stream.py.
+        """
+        if not isinstance(video, (str, os.PathLike)):
+            video = ArraySource(video, fps=fps)
+        return self._syncer.stream(video if not isinstance(video, os.PathLike) else str(video),
+                                   profiler=profiler, **settings)
+
+    def __call__(self, video, audio, output=None, **kwargs):
+        """run(), returning the output path when `output` is given, else the list of frames."""
+        result = self.run(video, audio, output, **kwargs)
+        return result.output if output is not None else result.frames
+
+
+def _samples_16k(samples, sample_rate):
+    """Mono float32 samples at the 16 kHz the mel features are defined for."""
+    wav = np.asarray(samples, dtype=np.float32)
+    if wav.ndim == 2 and min(wav.shape) <= 8:  # (n, channels) or (channels, n): average them
+        wav = wav.mean(axis=int(np.argmin(wav.shape)))
+    if wav.ndim != 1 or wav.size == 0:
+        raise InputError(f"audio samples must be a non-empty mono array, got shape {np.shape(samples)}")
+    if int(sample_rate) != SAMPLE_RATE:
+        import librosa
+        wav = librosa.resample(wav, orig_sr=int(sample_rate), target_sr=SAMPLE_RATE, res_type="soxr_hq")
+    return wav

@@ -1,0 +1,311 @@
+"""The web app (--mode=app): drop a video or a photo and an audio track, watch the lip-synced video.
+
+    python run_talkingface.py --mode=app [--port=7860] [--dataset=MEAD] [--checkpoint=PATH]
+
+A local Gradio page over the Python API (talkingface.api.LipSync, the pipeline of --mode=infer).
+Models on offer: the latest HyperLipsBase and HyperLipsHR checkpoint of every dataset folder under
+checkpoint_root, the --checkpoint given on the command line, or a file path typed in the page.
+One generation runs at a time (app_concurrency); the others wait in the queue. It binds to
+app_host (127.0.0.1) and sends nothing anywhere: analytics, update checks and hub telemetry are
+off, and the page's scripts, styles and fonts are served by the app itself.
+"""
+import copy
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+
+from talkingface.utils.checkpoint import CHECKPOINT_PATTERN, latest_checkpoint
+from talkingface.utils.errors import CheckpointError, ConfigError, InputError, TalkingFaceError
+
+logger = logging.getLogger(__name__)
+
+# Set before gradio is imported: no usage analytics, no version check, no Hugging Face Hub calls.
+OFFLINE_ENV = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
+               "GRADIO_SSR_MODE": "False"}
+PRECISIONS = {"auto (bfloat16 where the CPU has it)": "auto", "bfloat16": True, "float32": False}
+SCREENSHOT_ENV = "TALKINGFACE_SCREENSHOT"  # read by tests/test_app.py, which makes docs/app.png
+
+
+@dataclasses.dataclass
+class ModelChoice:
+    label: str
+    model: str                  # HyperLipsBase | HyperLipsHR
+    dataset: str
+    checkpoint: str
+    base_checkpoint: str = None  # HyperLipsHR: the Base weights under it
+    metrics: str = None          # results/<dataset>/<model>/metrics.json of this model, if any
+
+
+def _step(path):
+    match = CHECKPOINT_PATTERN.search(os.path.basename(path))
+    return int(match.group(1)) if match else None
+
+
+def hr_size(path):
+    """Output size of an HR decoder checkpoint (128/256/512) from its keys, or None."""
+    import torch
+
+    from talkingface.model import extract_state_dict, hr_rescaling
+
+    try:
+        try:  # mmap: the key names without reading every tensor
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # a legacy (non-zip) file cannot be mapped
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        rescaling = hr_rescaling(extract_state_dict("HRDecoder", checkpoint))
+    except Exception:  # an unreadable file: loading it says why, when it is picked
+        return None
+    return 128 * rescaling if rescaling else None
+
+
+def find_models(config):
+    """The models the page offers: the --checkpoint given, then for every dataset folder under
+    checkpoint_root (this run's dataset first) its latest Base and, on top of that, its latest HR."""
+    choices = []
+    if config["checkpoint"]:
+        choices.append(ModelChoice(f"{config['model']}: {config['checkpoint']}", config["model"], config["dataset"],
+                                   str(config["checkpoint"]), config["base_checkpoint"] or None))
+    root = config["checkpoint_root"]
+    datasets = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))) if os.path.isdir(root) else []
+    datasets.sort(key=lambda d: d != config["dataset"])
+    for dataset in datasets:
+        base = latest_checkpoint(os.path.join(root, dataset, "HyperLipsBase"))
+        if base is None:
+            continue
+        metrics = os.path.join(config["results_root"], dataset, "{}", "metrics.json")
+        choices.append(ModelChoice(f"Base 128 px · {dataset} · step {_step(base)}", "HyperLipsBase", dataset, base,
+                                   metrics=metrics.format("HyperLipsBase")))
+        hr = latest_checkpoint(os.path.join(root, dataset, "HyperLipsHR"))
+        if hr is not None:
+            size = hr_size(hr)
+            choices.append(ModelChoice(f"HR {size or '?'} px · {dataset} · step {_step(hr)}", "HyperLipsHR", dataset,
+                                       hr, base, metrics=metrics.format("HyperLipsHR")))
+    return choices
+
+
+def no_model_message(config):
+    dataset = config["dataset"]
+    return (f"no trained model under {config['checkpoint_root']}/: train one with `python run_talkingface.py "
+            f"--model=HyperLipsBase --dataset={dataset}` (`make demo` trains one on generated data), or put "
+            f"official weights at {config['checkpoint_root']}/{dataset}/HyperLipsBase/checkpoint_step000000000.pth "
+            f"(HR: .../HyperLipsHR/), or pass --checkpoint=PATH")
+
+
+def typed_choice(config, checkpoint, base_checkpoint):
+    """A model from a checkpoint path typed in the page: Base or HR, told by its keys."""
+    checkpoint, base_checkpoint = checkpoint.strip(), (base_checkpoint or "").strip() or None
+    if not os.path.isfile(checkpoint):
+        raise CheckpointError(f"checkpoint not found: {checkpoint} (fix the path, or clear it to use the list)")
+    size = hr_size(checkpoint)
+    model = "HyperLipsHR" if size else "HyperLipsBase"
+    return ModelChoice(f"{model}: {checkpoint}", model, config["dataset"], checkpoint,
+                       base_checkpoint if size else None)
+
+
+def metrics_markdown(choice):
+    """The metrics.json of the chosen model as a small table, when one exists."""
+    if choice is None or not choice.metrics or not os.path.isfile(choice.metrics):
+        return "No evaluation of this checkpoint yet (`--mode=evaluate` writes one)."
+    try:
+        with open(choice.metrics, encoding="utf-8") as f:
+            results = json.load(f)
+        mean = results["mean"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{choice.metrics} could not be read."
+    step, own = results.get("global_step"), _step(choice.checkpoint)
+    shown = os.path.relpath(choice.metrics)
+    shown = choice.metrics if shown.startswith("..") else shown
+    head = f"**{shown}**: {results.get('clips', '?')} {results.get('split', '')} clips, step {step}"
+    if step is not None and own is not None and step != own:
+        head += f" (this checkpoint is step {own})"
+    rows = "\n".join(f"| {name} | {_fmt(value)} |" for name, value in mean.items())
+    return f"{head}\n\n| metric | mean |\n|---|---|\n{rows}"
+
+
+def _fmt(value):
+    return f"{value:.4g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+
+
+def derived_config(config, choice):
+    """The run's config (every setting the user gave) with the chosen model's name and weights."""
+    derived = copy.copy(config)
+    values = dict(config.final_config_dict, model=choice.model, dataset=choice.dataset, mode="infer",
+                  checkpoint=choice.checkpoint, base_checkpoint=choice.base_checkpoint)
+    if choice.model == "HyperLipsHR":
+        values["img_size"] = hr_size(choice.checkpoint) or values.get("img_size")  # runs at its trained size
+    derived.final_config_dict = values
+    for attribute in ("model", "dataset"):
+        if hasattr(config, attribute):
+            setattr(derived, attribute, values[attribute])
+    return derived
+
+
+class LoadedModel:
+    """The one model held in memory: loaded when first used, replaced when another is picked."""
+
+    def __init__(self, config):
+        self.config = config
+        self._lock = threading.Lock()
+        self._key = self._lipsync = None
+
+    def get(self, choice):
+        from talkingface.api import LipSync
+
+        key = (choice.model, choice.checkpoint, choice.base_checkpoint)
+        with self._lock:
+            if key != self._key:
+                self._key = self._lipsync = None  # free the old one before loading the next
+                self._lipsync = LipSync.from_config(derived_config(self.config, choice))
+                self._key = key
+            return self._lipsync
+
+
+class App:
+    """The page's callbacks, apart from Gradio (so they can be read and tested on their own)."""
+
+    def __init__(self, config, output_dir, choices=None):
+        self.config = config
+        self.output_dir = output_dir
+        self.choices = find_models(config) if choices is None else choices
+        self.loaded = LoadedModel(config)
+
+    def choice(self, label, typed_checkpoint="", typed_base=""):
+        if typed_checkpoint and typed_checkpoint.strip():
+            return typed_choice(self.config, typed_checkpoint, typed_base)
+        for choice in self.choices:
+            if choice.label == label:
+                return choice
+        raise ConfigError("pick a model from the list (or type a checkpoint path)")
+
+    def generate(self, video, photo, use_photo, audio, label, typed_checkpoint, typed_base, batch_size, precision,
+                 progress=None):
+        """(output video path or None, status line). Errors a user can fix come back as the CLI's
+        one line; anything else is logged with its traceback and reported in one line too."""
+        started = time.perf_counter()
+        try:
+            source = photo if use_photo else video
+            if not source:
+                raise InputError("upload a video or a photo with a face (or record one)")
+            if not audio:
+                raise InputError("upload or record the driving audio")
+            choice = self.choice(label, typed_checkpoint, typed_base)
+            if progress is not None:
+                progress(0.0, desc=f"loading {choice.label}")
+            lipsync = self.loaded.get(choice)
+            output = os.path.join(self.output_dir, f"lipsync_{time.strftime('%Y%m%d_%H%M%S')}_{os.getpid()}_"
+                                                   f"{threading.get_ident() % 10000}.mp4")
+
+            def report(stage, done, total):
+                if progress is not None:
+                    share = done / total if total else 0.0
+                    progress(0.3 * share if stage == "faces" else 0.3 + 0.7 * share,
+                             desc="finding the face" if stage == "faces" else "lip-syncing")
+
+            result = lipsync.run(source, audio, output, progress=report,
+                                 infer_batch_size=int(batch_size), infer_bf16=PRECISIONS.get(precision, "auto"))
+        except TalkingFaceError as exc:
+            return None, f"error: {exc}"
+        except Exception as exc:  # a bug: the page says so in one line, the log keeps the traceback
+            logger.exception("generation failed")
+            first = str(exc).strip().splitlines()
+            return None, f"error: unexpected {type(exc).__name__}: {first[0] if first else ''} (see the log)"
+        found = int(sum(1 for box in result.boxes if box[0] == box[0]))  # NaN rows: no face
+        return result.output, (f"done: {result.n_frames} frames ({result.n_frames / 25:.2f} s at 25 fps), "
+                               f"face in {found} of {result.n_source_frames} source frames, "
+                               f"{time.perf_counter() - started:.1f} s")
+
+
+def build_page(app):
+    import gradio as gr
+
+    config = app.config
+    labels = [c.label for c in app.choices]
+    bf16 = config["infer_bf16"]
+    precision = next(name for name, value in PRECISIONS.items() if value == bf16) if bf16 != "auto" else \
+        next(iter(PRECISIONS))
+    with gr.Blocks(title="HyperLips lip-sync", analytics_enabled=False, delete_cache=(3600, 3600)) as page:
+        gr.Markdown("## HyperLips lip-sync\nA video or a photo with a face, and the speech to put on its lips. "
+                    "The result keeps the input's size and lasts as long as the audio.")
+        use_photo = gr.State(False)
+        with gr.Row():
+            with gr.Column():
+                with gr.Tabs():
+                    with gr.Tab("Video") as video_tab:
+                        # no mirroring, sound kept: Gradio would re-encode with a system ffmpeg otherwise
+                        video = gr.Video(label="Face video", sources=["upload", "webcam"], elem_id="video_in",
+                                         height=240, buttons=["download"], include_audio=True,
+                                         webcam_options=gr.WebcamOptions(mirror=False))
+                    with gr.Tab("Photo") as photo_tab:
+                        photo = gr.Image(label="Face photo", sources=["upload", "webcam"], type="filepath",
+                                         format="png", elem_id="photo_in", height=240, buttons=["download"])
+                audio = gr.Audio(label="Driving audio", sources=["upload", "microphone"], type="filepath",
+                                 elem_id="audio_in", buttons=["download"])
+                model = gr.Dropdown(labels, value=labels[0] if labels else None, label="Model", elem_id="model")
+                with gr.Accordion("Other weights (a checkpoint file of ours or the official ones)", open=False):
+                    typed_checkpoint = gr.Textbox(label="Checkpoint file (Base or HR)", placeholder="path/to/file.pth")
+                    typed_base = gr.Textbox(label="Base checkpoint under an HR one (default: the latest Base)")
+                with gr.Row():
+                    batch_size = gr.Slider(1, 64, value=int(config["infer_batch_size"]), step=1,
+                                           label="Batch size (frames per pass)", elem_id="batch_size")
+                    precision_choice = gr.Radio(list(PRECISIONS), value=precision, label="Precision")
+                run = gr.Button("Lip-sync", variant="primary", elem_id="run")
+            with gr.Column():
+                result = gr.Video(label="Result", interactive=False, buttons=["download"], elem_id="result", height=320)
+                status = gr.Markdown("", elem_id="status")
+                with gr.Accordion("Metrics of the selected model", open=True):
+                    metrics = gr.Markdown(metrics_markdown(app.choices[0] if app.choices else None),
+                                          elem_id="metrics")
+        video_tab.select(lambda: False, None, use_photo)
+        photo_tab.select(lambda: True, None, use_photo)
+        model.change(lambda label: metrics_markdown(next((c for c in app.choices if c.label == label), None)),
+                     model, metrics)
+
+        def generate(video, photo, use_photo, audio, label, typed, typed_base, batch, precision,
+                     progress=gr.Progress()):
+            return app.generate(video, photo, use_photo, audio, label, typed, typed_base, batch, precision, progress)
+
+        run.click(generate, [video, photo, use_photo, audio, model, typed_checkpoint, typed_base, batch_size,
+                             precision_choice], [result, status], concurrency_id="lipsync")
+    return page
+
+
+def serve(config):
+    """Start the app on app_host:app_port and serve until Ctrl-C or SIGTERM."""
+    for key, value in OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
+    choices = find_models(config)
+    if not choices:
+        raise CheckpointError(no_model_message(config))
+    host, port = str(config["app_host"]), int(config["app_port"])
+    concurrency = int(config["app_concurrency"])
+    if concurrency < 1:
+        raise ConfigError(f"app_concurrency must be >= 1 (got {concurrency})")
+    # Results and (unless GRADIO_TEMP_DIR says otherwise) uploads live here until the app stops.
+    output_dir = tempfile.mkdtemp(prefix="talkingface_app_")
+    os.environ.setdefault("GRADIO_TEMP_DIR", os.path.join(output_dir, "uploads"))
+    page = None
+    try:
+        try:
+            import gradio  # noqa: F401
+        except ImportError:
+            raise ConfigError("the app needs gradio: pip install -r requirements.txt") from None
+        page = build_page(App(config, output_dir, choices))
+        page.queue(default_concurrency_limit=concurrency)
+        try:
+            page.launch(server_name=host, server_port=port, allowed_paths=[output_dir], prevent_thread_lock=True,
+                        quiet=True, footer_links=[], show_error=False)
+        except OSError:
+            raise ConfigError(f"cannot serve on {host}:{port}: the port is taken or the address is not this "
+                              f"machine's; pick another with --port=N (or --app_host=...)") from None
+        logger.info("web app on http://%s:%d (%d model(s); %d generation(s) at a time)", host, port,
+                    len(choices), concurrency)
+        page.block_thread()  # returns on Ctrl-C or SIGTERM
+    finally:
+        if page is not None:
+            page.close()
+        shutil.rmtree(output_dir, ignore_errors=True)

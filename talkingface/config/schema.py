@@ -1,0 +1,300 @@
+"""Types and ranges of the configuration values, checked when a Config is built (before any work).
+
+A key's type comes from its default in the YAML files (int, float, bool, string, list; a `~`
+default is a path or null); SPECS below adds ranges, choices and the values the code cannot
+change. `check(key, value, default, model)` returns the value in its type or raises ConfigError.
+"""
+import math
+import os
+
+from talkingface.utils.errors import ConfigError
+
+MODES = ("train", "evaluate", "preprocess", "infer", "app", "stream")
+
+_AUTO_BOOL = ("auto", True, False)
+
+
+def _show(value):
+    """The value as the user wrote it in YAML."""
+    if value is None:
+        return "null"
+    return repr(value) if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+class Spec:
+    """One kind of value; `expects` completes "<key> must be ..." in the error line."""
+
+    expects = "a value"
+
+    def convert(self, value):
+        """The value in this type, or None when it does not fit."""
+        raise NotImplementedError
+
+    def check(self, key, value):
+        """`key` may name the owner too ("img_size of HyperLipsHR")."""
+        converted = self.convert(value)
+        if converted is None:
+            raise ConfigError(f"{key} must be {self.expects} (got {_show(value)})")
+        return converted
+
+
+class Int(Spec):
+    def __init__(self, low=None, high=None):
+        self.low, self.high = low, high
+        self.expects = "an integer" + _bounds(low, high, ">=", "<=")
+
+    def convert(self, value):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            return None
+        if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
+            return None
+        return value
+
+
+class Float(Spec):
+    def __init__(self, low=None, high=None, low_open=False, high_open=False):
+        self.low, self.high, self.low_open, self.high_open = low, high, low_open, high_open
+        self.expects = "a number" + _bounds(low, high, ">" if low_open else ">=", "<" if high_open else "<=")
+
+    def convert(self, value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None
+        value = float(value)
+        if not math.isfinite(value):
+            return None
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return None
+        if self.high is not None and (value >= self.high if self.high_open else value > self.high):
+            return None
+        return value
+
+
+def _bounds(low, high, low_op, high_op):
+    parts = ([f" {low_op} {low}"] if low is not None else []) + ([f" {high_op} {high}"] if high is not None else [])
+    return " and".join(parts)
+
+
+class Bool(Spec):
+    expects = "true or false"
+
+    def convert(self, value):
+        return value if isinstance(value, bool) else None
+
+
+class Text(Spec):
+    expects = "a string"
+
+    def convert(self, value):
+        return value if isinstance(value, str) and value else None
+
+
+class Path(Spec):
+    """A file or folder name; `nullable` allows `~` (meaning: the default place)."""
+
+    def __init__(self, nullable=False):
+        self.nullable = nullable
+        self.expects = "a path" + (" or ~" if nullable else "")
+
+    def convert(self, value):
+        if value is None:
+            return None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # a folder named 2024 is read by YAML as a number
+        if isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        return value if isinstance(value, str) and value else None
+
+    def check(self, key, value):
+        if value is None and self.nullable:
+            return None
+        return super().check(key, value)
+
+
+class Device(Spec):
+    """A device name (resolved by configurator.resolve_device), or a torch.device set by code."""
+
+    expects = "auto, cpu, cuda or cuda:N"
+
+    def convert(self, value):
+        if isinstance(value, str):
+            return value or None
+        return value if type(value).__name__ == "device" else None
+
+
+class Choice(Spec):
+    def __init__(self, *values):
+        self.values = values
+        self.expects = "one of " + ", ".join(_show(v).strip("'") for v in values)
+
+    def convert(self, value):
+        for allowed in self.values:  # True == 1 in Python: compare the types too
+            if value == allowed and type(value) is type(allowed):
+                return value
+        return None
+
+
+class AutoOr(Spec):
+    """`auto`, or a value of another spec."""
+
+    def __init__(self, spec):
+        self.spec = spec
+        self.expects = "auto or " + spec.expects
+
+    def convert(self, value):
+        return "auto" if value == "auto" else self.spec.convert(value)
+
+
+class ListOf(Spec):
+    def __init__(self, item, length=None):
+        self.item, self.length = item, length
+        self.expects = (f"a list of {length} values, each " if length else "a list of values, each ") + item.expects
+
+    def convert(self, value):
+        if not isinstance(value, list) or (self.length is not None and len(value) != self.length):
+            return None
+        items = [self.item.convert(v) for v in value]
+        return None if any(v is None for v in items) else items
+
+
+class Fixed(Spec):
+    """A value the code is built for: it is read, and documented in YAML, but cannot change."""
+
+    def __init__(self, value, why):
+        self.value, self.why = value, why
+
+    def check(self, key, value):
+        if value == self.value and not isinstance(value, bool):
+            return self.value
+        raise ConfigError(f"{key} must be {self.value}: {self.why} (got {_show(value)})")
+
+
+_POSITIVE = Int(1)
+_COUNT = Int(0)
+_WEIGHT = Float(0)
+_RATE = Float(0, low_open=True)
+_RATIO = Float(0, 1, high_open=True)
+
+# Keys whose default alone does not say enough about the values the code accepts.
+SPECS = {
+    # run
+    "mode": Choice(*MODES),
+    "seed": _COUNT,
+    "device": Device(),
+    "log_level": Choice("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+    "resume": Choice(*_AUTO_BOOL),
+    # training loop
+    "max_steps": _COUNT,
+    "batch_size": _POSITIVE,
+    "eval_batch_size": _POSITIVE,
+    "num_workers": _COUNT,
+    "log_interval": _POSITIVE,
+    "eval_interval": _POSITIVE,
+    "checkpoint_interval": _POSITIVE,
+    "keep_checkpoints": _POSITIVE,
+    "max_val_batches": _POSITIVE,
+    "clip_grad_norm": _WEIGHT,
+    "amp": Choice(*_AUTO_BOOL),
+    "amp_dtype": Choice("bfloat16", "float16"),
+    "num_image_samples": _COUNT,
+    # data
+    "fps": Fixed(25, "preprocessing, the audio-to-frame timeline, evaluation and inference are built for 25 fps"),
+    "sample_rate": Fixed(16000, "the HyperLips mel spectrogram is defined for 16 kHz"),
+    "syncnet_T": Fixed(5, "the SyncNet expert reads windows of 5 frames (15 input channels)"),
+    "crop_size": _POSITIVE,
+    "face_pad_bottom": _COUNT,
+    "box_smooth_window": _POSITIVE,
+    "detect_max_side": _POSITIVE,
+    "face_min_size": _POSITIVE,
+    "face_continuity_iou": Float(0, 1),
+    "face_max_gap": _COUNT,
+    "min_clip_frames": Int(10),  # 2 * syncnet_T: a target window and a disjoint reference window
+    "jpeg_quality": Int(1, 100),
+    "num_preprocess_workers": _COUNT,
+    "val_ratio": _RATIO,
+    "test_ratio": _RATIO,
+    "split_seed": _COUNT,
+    "samples_per_epoch": _COUNT,
+    "val_windows_per_clip": _POSITIVE,
+    "demo_num_clips": _POSITIVE,
+    "demo_clip_seconds": _RATE,
+    "demo_frame_size": _POSITIVE,
+    # evaluation
+    "metrics": ListOf(Text()),
+    "eval_split": Choice("train", "val", "test"),
+    "eval_max_clips": _COUNT,
+    "eval_max_frames": _COUNT,
+    "eval_num_sample_videos": _COUNT,
+    "metric_batch_size": _POSITIVE,
+    "sync_vshift": _COUNT,
+    # inference
+    "infer_batch_size": _POSITIVE,
+    "reference_frame": Choice("first", "same", "half_clip"),
+    "infer_mask_feather": Float(0, 1),
+    "infer_landmark_window": _POSITIVE,
+    "infer_bf16": Choice(*_AUTO_BOOL),
+    "infer_frame_cache_mb": _COUNT,
+    "avatar_cache": Choice("off", "on", "refresh", False, True),  # YAML reads off/on as false/true
+    "avatar_cache_dir": Path(),
+    "avatar_cache_mb": _POSITIVE,
+    "infer_x264_preset": Choice("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow",
+                                "slower", "veryslow", "placebo"),
+    # web app
+    "app_host": Text(),
+    "app_port": Int(1, 65535),
+    "app_concurrency": _POSITIVE,
+    # models
+    "learning_rate": _RATE,
+    "disc_learning_rate": _RATE,
+    "adam_betas": ListOf(Float(0, 1, high_open=True), length=2),
+    "l1_weight": _WEIGHT,
+    "sync_weight": _WEIGHT,
+    "gan_weight": _WEIGHT,
+    "lip_l1_weight": _WEIGHT,
+    "perceptual_weight": _WEIGHT,
+    "lip_lpips_weight": _WEIGHT,
+    "hr_base_batch_size": _POSITIVE,
+    "hr_preprocess_workers": AutoOr(_COUNT),
+    "hr_prune_other_bases": Choice(True, False),
+}
+
+# Per model, where the networks fix a value (the HR decoder's sizes: RESCALING_BY_SIZE in
+# model/audio_driven_talkingface/hyperlipshr.py).
+MODEL_SPECS = {
+    "SyncNet": {"img_size": Fixed(128, "the SyncNet expert is built for 128 px frames")},
+    "HyperLipsBase": {"img_size": Fixed(128, "the Base generator and its SyncNet expert are built for 128 px "
+                                              "faces; HyperLipsHR makes 256 or 512")},
+    "HyperLipsHR": {"img_size": Choice(128, 256, 512)},
+}
+
+
+def spec_for(key, default, model=None):
+    """The spec of `key` for `model`; without an explicit one, the type of its YAML default."""
+    spec = MODEL_SPECS.get(model, {}).get(key) or SPECS.get(key)
+    if spec is not None:
+        return spec
+    if default is None:
+        return Path(nullable=True)
+    if isinstance(default, bool):
+        return Bool()
+    if isinstance(default, int):
+        return Int()
+    if isinstance(default, float):
+        return Float()
+    if isinstance(default, list):
+        return ListOf(_AnyItem())
+    return Path() if key.endswith(("_path", "_root", "_dir", "_checkpoint")) else Text()
+
+
+class _AnyItem(Spec):
+    expects = "a value"
+
+    def convert(self, value):
+        return value
+
+
+def check(key, value, default, model=None):
+    """`value` in the type `key` takes (for `model`), or ConfigError naming the key and the value."""
+    label = f"{key} of {model}" if key in MODEL_SPECS.get(model, {}) else key
+    return spec_for(key, default, model).check(label, value)

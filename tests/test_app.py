@@ -1,0 +1,294 @@
+"""The web app in a real browser: `run_talkingface.py --mode=app` on a free loopback port, driven by
+headless Chromium through selenium (Debian packages chromium and chromium-driver; `.ci/run`
+installs them). Random-init Base weights: the point is the page, the queue, the files and the
+errors, not the quality of the lips.
+
+With TALKINGFACE_SCREENSHOT=docs/app.png the first case also saves a screenshot of the page.
+"""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+
+from talkingface.app import SCREENSHOT_ENV
+from talkingface.utils.audio import load_audio, n_video_frames_for_audio
+from talkingface.utils.errors import InputError
+from talkingface.utils.video import probe_video
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+TIMEOUT = 90  # seconds for one generation on a busy 2-core machine
+
+
+def _browser():
+    """(chromium, chromedriver, selenium webdriver module), or skip saying what is missing."""
+    missing = []
+    try:
+        from selenium import webdriver
+    except ImportError:
+        webdriver = None
+        missing.append("selenium (pip install -r requirements.txt)")
+    chromium = next((shutil.which(name) for name in BROWSERS if shutil.which(name)), None)
+    driver = shutil.which("chromedriver")
+    if chromium is None or driver is None:
+        missing.append("chromium / chromedriver (apt-get install chromium chromium-driver)")
+    if missing:
+        pytest.skip("browser test needs " + " and ".join(missing))
+    return chromium, driver, webdriver
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def demo_media(tmp_path_factory):
+    """A 0.6 s 256x256 clip of the demo face (scikit-image's astronaut photograph, the demo dataset's
+    generator), 0.8 s of its synthetic speech as wav, and 1 s of noise with no face in it."""
+    from talkingface.data.dataprocess.demo import make_demo_clip, synthesize_speech
+    from talkingface.utils.audio import save_wav
+    from talkingface.utils.video import VideoWriter
+
+    folder = tmp_path_factory.mktemp("app_media")
+    paths = {"video": folder / "face.mp4", "audio": folder / "speech.wav", "noface": folder / "noface.mp4"}
+    make_demo_clip(paths["video"], 0, 0.6, 256)
+    save_wav(paths["audio"], synthesize_speech(0.8, np.random.default_rng(1)))
+    with VideoWriter(paths["noface"], 25) as writer:
+        for frame in np.random.default_rng(0).integers(0, 256, (25, 120, 160, 3), dtype=np.uint8):
+            writer.write(frame)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def server(random_base_checkpoint, tmp_path_factory):
+    """The app as a user starts it, on checkpoints/demo/HyperLipsBase/ (random weights), in a
+    process of its own; stopped with SIGTERM at the end."""
+    _browser()
+    root = random_base_checkpoint["root"]
+    port = _free_port()
+    log = open(tmp_path_factory.mktemp("app_log") / "app.log", "w+")
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, "run_talkingface.py"), "--mode=app",
+                             "--dataset=demo", f"--port={port}", "--device=cpu", "--infer_batch_size=4",
+                             f"--checkpoint_root={root / 'checkpoints'}", f"--results_root={root / 'results'}"],
+                            cwd=root, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 120
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).read()
+            break
+        except OSError:
+            log.seek(0)
+            assert proc.poll() is None, f"the app exited: {log.read()}"
+            assert time.time() < deadline, f"the app did not answer on {url}: {log.read()}"
+            time.sleep(0.5)
+    yield {"url": url, "proc": proc, "log": log, "port": port, "root": root}
+    proc.send_signal(signal.SIGTERM)
+    try:
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser(server):
+    chromium, driver, webdriver = _browser()
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1280,980", "--disable-background-networking", "--no-first-run"):
+        options.add_argument(arg)
+    options.binary_location = chromium
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
+    browser = webdriver.Chrome(service=Service(driver), options=options)
+    browser.set_page_load_timeout(60)
+    yield browser
+    browser.quit()
+
+
+def _find(browser, css, timeout=30, condition=lambda elements: elements):
+    from selenium.webdriver.common.by import By
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        elements = browser.find_elements(By.CSS_SELECTOR, css)
+        if condition(elements):
+            return elements
+        time.sleep(0.2)
+    raise AssertionError(f"{css} did not appear within {timeout} s; status: {_status(browser)}")
+
+
+def _status(browser):
+    from selenium.webdriver.common.by import By
+
+    found = browser.find_elements(By.CSS_SELECTOR, "#status")
+    return found[0].text.strip() if found else ""
+
+
+def _submit(browser, url, video, audio):
+    """Open the page, upload the two files, press Lip-sync; returns the status line once shown."""
+    browser.get(url)
+    _find(browser, "#run")
+    _find(browser, "#video_in input[type=file]")[0].send_keys(str(video))
+    _find(browser, "#video_in video")  # uploaded and shown
+    _find(browser, "#audio_in input[type=file]")[0].send_keys(str(audio))
+    _find(browser, "#audio_in audio")
+    _find(browser, "#run")[0].click()
+    progress = set()
+
+    def finished(found):
+        text = browser.execute_script("return document.body.innerText")
+        progress.update(word for word in ("finding the face", "lip-syncing") if word in text)
+        return found and found[0].text.strip().startswith(("done:", "error:"))
+
+    _find(browser, "#status", timeout=TIMEOUT, condition=finished)
+    return _status(browser), progress
+
+
+def _requested_hosts(browser):
+    hosts = set()
+    for entry in browser.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message["method"] == "Network.requestWillBeSent":
+            address = message["params"]["request"]["url"]
+            if address.startswith(("http:", "https:", "ws:", "wss:")):
+                hosts.add(address.split("/")[2].rsplit(":", 1)[0])
+    return hosts
+
+
+@pytest.mark.slow
+def test_generates_a_video_with_the_audio_length_and_input_size(server, browser, demo_media, tmp_path):
+    status, progress = _submit(browser, server["url"], demo_media["video"], demo_media["audio"])
+    assert status.startswith("done:"), status
+    assert "lip-syncing" in progress  # the progress bar's stage, shown while it ran
+    source = _find(browser, "#result video", condition=lambda v: v and v[0].get_attribute("src"))[0]
+    downloaded = tmp_path / "result.mp4"
+    with urllib.request.urlopen(source.get_attribute("src"), timeout=30) as response:
+        downloaded.write_bytes(response.read())
+    info, video = probe_video(downloaded), probe_video(demo_media["video"])
+    n_audio = n_video_frames_for_audio(len(load_audio(demo_media["audio"])))
+    assert (info.width, info.height) == (video.width, video.height)
+    assert info.n_frames == n_audio and abs(info.duration - n_audio / 25) < 1e-3 and info.has_audio
+    assert "No evaluation of this checkpoint yet" in _find(browser, "#metrics")[0].text
+    assert _requested_hosts(browser) == {"127.0.0.1"}  # the page fetched nothing from elsewhere
+    screenshot = os.environ.get(SCREENSHOT_ENV)
+    if screenshot:
+        _save_small_png(browser, screenshot)
+
+
+@pytest.mark.slow
+def test_a_file_without_a_face_shows_the_cli_error_line(server, browser, demo_media, random_base_checkpoint,
+                                                       tmp_path):
+    from talkingface import LipSync
+
+    with pytest.raises(InputError) as info:  # what the CLI prints, as "error: <message>"
+        LipSync("HyperLipsBase", checkpoint=random_base_checkpoint["path"], dataset="demo", device="cpu")(
+            demo_media["noface"], demo_media["audio"], tmp_path / "o.mp4")
+    status, _ = _submit(browser, server["url"], demo_media["noface"], demo_media["audio"])
+    assert status == f"error: {info.value}"
+    assert server["proc"].poll() is None  # the server lives on
+    urllib.request.urlopen(server["url"], timeout=5).read()
+
+
+def _save_small_png(browser, path):
+    """The page as a 256-colour PNG (a few tens of KB) for the README."""
+    import io
+
+    from PIL import Image
+
+    browser.execute_script("window.scrollTo(0, 0)")
+    image = Image.open(io.BytesIO(browser.get_screenshot_as_png())).convert("RGB")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    image.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
+    assert os.path.getsize(path) < 200_000
+    assert np.asarray(image).std() > 5  # not a blank page
+
+
+@pytest.mark.slow
+def test_a_taken_port_is_a_one_line_error(server):
+    taken = subprocess.run([sys.executable, os.path.join(REPO, "run_talkingface.py"), "--mode=app", "--dataset=demo",
+                            f"--port={server['port']}", f"--checkpoint_root={server['root'] / 'checkpoints'}",
+                            f"--results_root={server['root'] / 'results'}"],
+                           cwd=server["root"], capture_output=True, text=True, timeout=120)
+    assert taken.returncode == 2
+    assert taken.stderr.strip().splitlines()[-1].startswith(f"error: cannot serve on 127.0.0.1:{server['port']}: "
+                                                            "the port is taken")
+
+
+def test_without_a_checkpoint_the_app_says_what_to_train(workdir, capsys):
+    import run_talkingface
+
+    assert run_talkingface.main(["--mode=app", "--dataset=demo"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith("error: no trained model under checkpoints/")
+    assert "python run_talkingface.py --model=HyperLipsBase --dataset=demo" in lines[-1]
+
+
+def test_models_and_metrics_offered(workdir, random_base_checkpoint):
+    """Every dataset's latest Base and HR (its size from the checkpoint's keys) and the metrics.json
+    of the model picked, with the step it was evaluated at."""
+    import torch
+
+    from talkingface.app import find_models, metrics_markdown
+    from talkingface.config import Config
+    from talkingface.model import build_network
+    from talkingface.utils.checkpoint import checkpoint_path, save_checkpoint_file
+
+    shutil.copytree(random_base_checkpoint["root"] / "checkpoints", workdir / "checkpoints")
+    save_checkpoint_file({"state_dict": build_network("HRDecoder", 2).state_dict()},
+                         checkpoint_path("checkpoints/demo/HyperLipsHR", 7))
+    os.makedirs("checkpoints/MEAD/HyperLipsHR")  # an HR without a Base under it is not offered
+    torch.save({}, checkpoint_path("checkpoints/MEAD/HyperLipsHR", 1))
+    choices = find_models(Config("HyperLipsBase", "MEAD", config_dict={"mode": "app"}))
+    assert [c.label for c in choices] == ["Base 128 px · demo · step 1", "HR 256 px · demo · step 7"]
+    assert choices[1].base_checkpoint == choices[0].checkpoint
+    assert "No evaluation" in metrics_markdown(choices[1])
+    os.makedirs("results/demo/HyperLipsHR")
+    with open("results/demo/HyperLipsHR/metrics.json", "w") as f:
+        json.dump({"global_step": 5, "split": "test", "clips": 3, "mean": {"PSNR": 30.25, "LSE-C": "inf"}}, f)
+    table = metrics_markdown(choices[1])
+    assert "| PSNR | 30.25 |" in table and "| LSE-C | inf |" in table
+    assert "3 test clips, step 5 (this checkpoint is step 7)" in table
+
+
+@pytest.mark.slow
+def test_photo_with_a_typed_hr_checkpoint(workdir, demo_media, random_base_checkpoint):
+    """The page's callback without the browser: a photo, an HR decoder typed as a path (its size read
+    from the file), a Base typed under it, float32; the result has the photo's size."""
+    import cv2
+
+    from talkingface.app import App
+    from talkingface.config import Config
+    from talkingface.model import build_network
+    from talkingface.utils.checkpoint import save_checkpoint_file
+    from talkingface.utils.video import iter_frames
+
+    photo = workdir / "face.png"
+    cv2.imwrite(str(photo), next(iter_frames(demo_media["video"])))
+    save_checkpoint_file({"state_dict": build_network("HRDecoder", 1).state_dict()}, "hr.pth")
+    app = App(Config("HyperLipsBase", "demo", config_dict={"mode": "app", "device": "cpu",
+                                                           "checkpoint_root": "none"}), str(workdir))
+    stages = []
+    output, status = app.generate(None, str(photo), True, str(demo_media["audio"]), None, "hr.pth",
+                                  random_base_checkpoint["path"], 8, "float32",
+                                  progress=lambda share, desc: stages.append(desc))
+    assert status.startswith("done: 20 frames"), status
+    info = probe_video(output)
+    assert (info.width, info.height, info.n_frames) == (256, 256, 20)
+    assert app.loaded.get(app.choice(None, "hr.pth", random_base_checkpoint["path"]))._syncer.hr is not None
+    assert stages[0].startswith("loading HyperLipsHR") and stages[-1] == "lip-syncing"
+    assert app.generate(None, None, False, str(demo_media["audio"]), None, "hr.pth", "", 8, "auto")[1] == \
+        "error: upload a video or a photo with a face (or record one)"
