@@ -98,7 +98,7 @@ def test_syncnet_embeddings(networks):
     assert a.shape == v.shape == (2, 512)
     assert torch.allclose(a.norm(dim=1), torch.ones(2), atol=1e-5)
     cosine = (a * v).sum(1)
-    assert float(cosine.min()) >= 0 and float(cosine.max()) <= 1 + 1e-6
+    assert float(cosine.detach().min()) >= 0 and float(cosine.detach().max()) <= 1 + 1e-6
     cosine.sum().backward()
 
 

@@ -101,6 +101,14 @@ class Metric:
     def skip(self, reason):
         self.skip_reason = reason      # build_metrics logs it, as one line
 
+    def weights_file(self, key, missing):
+        """The weights file at config[key], or None after skip(missing.format(path=...))."""
+        path = self.config[key]
+        if path and os.path.isfile(path):
+            return path
+        self.skip(missing.format(path=path))
+        return None
+
     def compute(self, sample):
         raise NotImplementedError
 
@@ -285,10 +293,9 @@ class LSE(_SyncMetric):
 
     def __init__(self, config):
         super().__init__(config)
-        path = config["syncnet_v2_path"]
-        if not path or not os.path.isfile(path):
-            self.skip(f"official SyncNet weights not found at {path}: put syncnet_v2.model "
-                      f"(from joonson/syncnet_python) there or set syncnet_v2_path")
+        path = self.weights_file("syncnet_v2_path", "official SyncNet weights not found at {path}: put "
+                                 "syncnet_v2.model (from joonson/syncnet_python) there or set syncnet_v2_path")
+        if path is None:
             return
         from talkingface.evaluator.syncnet_v2 import load_syncnet_v2
         self.net = load_syncnet_v2(path, self.device)
@@ -344,10 +351,10 @@ class FID(Metric):
         super().__init__(config)
         self.net = None
         self.generated, self.real = [], []
-        path = config["inception_path"]
-        if not path or not os.path.isfile(path):
-            self.skip(f"InceptionV3 weights not found at {path}: put pytorch-fid's "
-                      f"pt_inception-2015-12-05-6726825d.pth (or a TorchScript extractor) there or set inception_path")
+        path = self.weights_file("inception_path", "InceptionV3 weights not found at {path}: put pytorch-fid's "
+                                 "pt_inception-2015-12-05-6726825d.pth (or a TorchScript extractor) there or "
+                                 "set inception_path")
+        if path is None:
             return
         from talkingface.evaluator.inception import load_fid_inception
         self.net = load_fid_inception(path, self.device)
