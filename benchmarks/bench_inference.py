@@ -107,19 +107,10 @@ def run_child(args, mode, seconds, tmp, cache="off"):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--video", help="input video (default: a synthetic 720p talking-face clip)")
-    parser.add_argument("--audio", help="driving audio (default: the video's own track)")
-    parser.add_argument("--seconds", type=float, default=10.0, help="audio length (the output's length)")
-    parser.add_argument("--modes", nargs="+", default=["base", "hr"], choices=["base", "hr"])
+    harness.add_inference_arguments(parser, 10.0, "audio length (the output's length)")
     parser.add_argument("--memory-check", action="store_true", help="also compare peak RSS at 5 s and 20 s")
     parser.add_argument("--avatar-cache", action="store_true",
                         help="also time a run that builds the avatar cache and a warm run with another audio")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch threads in the measured process (default: torch's own choice)")
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--mode", default="base", help=argparse.SUPPRESS)
-    parser.add_argument("--tmp", help=argparse.SUPPRESS)
     parser.add_argument("--cache", default="off", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:

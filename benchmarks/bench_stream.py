@@ -144,17 +144,9 @@ def child(args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--video", help="avatar video (default: a synthetic 720p talking-face clip)")
-    parser.add_argument("--audio", help="audio, looped to --seconds (default: the video's own track)")
-    parser.add_argument("--seconds", type=float, default=60.0, help="seconds of audio streamed")
-    parser.add_argument("--modes", nargs="+", default=["base", "hr"], choices=["base", "hr"])
+    harness.add_inference_arguments(parser, 60.0, "seconds of audio streamed")
     parser.add_argument("--batch-size", type=int, default=1, help="infer_batch_size of the stream")
     parser.add_argument("--chunk-ms", type=float, default=20.0, help="audio chunk length")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's own choice)")
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--mode", default="base", help=argparse.SUPPRESS)
-    parser.add_argument("--tmp", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(args)

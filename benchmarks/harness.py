@@ -5,6 +5,7 @@ case in a child process (so its peak memory is its own), CPU time, peak memory, 
 Key names, the same in every script: device, torch, threads, cpu_count, load_average_1min (and
 load_average_1min_at_end), frames_per_s, seconds, cpu_seconds, peak_rss_mb.
 """
+import argparse
 import json
 import os
 import platform
@@ -75,6 +76,20 @@ def print_child_result(result):
 def print_report(report):
     report["load_average_1min_at_end"] = load_average()
     print(json.dumps(report, indent=2), flush=True)
+
+
+def add_inference_arguments(parser, seconds, seconds_help):
+    """The options the inference and streaming benchmarks share (and their child-process ones)."""
+    parser.add_argument("--video", help="input video (default: a synthetic 720p talking-face clip)")
+    parser.add_argument("--audio", help="driving audio, looped to --seconds (default: the video's own track)")
+    parser.add_argument("--seconds", type=float, default=seconds, help=seconds_help)
+    parser.add_argument("--modes", nargs="+", default=["base", "hr"], choices=["base", "hr"])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads in the measured process (default: torch's own choice)")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--mode", default="base", help=argparse.SUPPRESS)
+    parser.add_argument("--tmp", help=argparse.SUPPRESS)
 
 
 def synthetic_talking_video(path, seconds=8.0, width=1280, height=720, face_px=360):
