@@ -3,6 +3,7 @@ config factory, the line-fitting trainer, synthetic batches of the real shapes, 
 import pathlib
 import socket
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
@@ -109,3 +110,13 @@ def hr_batch(batch, size, seed=0):
     return {"input": torch.rand(batch, 6, 128, 128, generator=generator),
             "gt": torch.rand(batch, 3, size, size, generator=generator),
             "lip_box": boxes}
+
+
+def two_faces(face):
+    """A 480x256 frame with `face` (256x256) at the left and a smaller copy of it at the right:
+    the largest face is the left one, whatever the detector scores."""
+    import cv2
+    canvas = np.full((256, 480, 3), 200, np.uint8)
+    canvas[:, :256] = face
+    canvas[40:220, 280:460] = cv2.resize(face, (180, 180))
+    return canvas

@@ -23,6 +23,7 @@ from talkingface.data.dataprocess import demo
 from talkingface.inference import pipeline
 from talkingface.inference.source import _RawFrameCache, pingpong_index
 from talkingface.utils.tracking import FacePicker, track_faces
+from builders import two_faces
 from talkingface.model import build_network, load_network
 from talkingface.utils.audio import save_wav
 from talkingface.utils.checkpoint import save_checkpoint_file
@@ -235,14 +236,20 @@ def wait_for_output_to_start(proc, folder, timeout=240):
         time.sleep(0.1)
 
 
-@pytest.mark.slow
-def test_sigterm_during_inference_leaves_nothing(inputs, tmp_path):
-    """SIGTERM unwinds like Ctrl-C (KeyboardInterrupt): the same cleanup, its own word and exit code."""
+def cli_encoding(inputs, tmp_path):
+    """A CLI run into tmp_path/out (TMPDIR tmp_path/tmp), returned once it is encoding frames."""
     out_dir, tmp_dir = tmp_path / "out", tmp_path / "tmp"
     out_dir.mkdir()
     tmp_dir.mkdir()
     proc = start_cli(inputs, out_dir / "o.mp4", tmp_dir)
     wait_for_output_to_start(proc, out_dir)
+    return proc, out_dir, tmp_dir
+
+
+@pytest.mark.slow
+def test_sigterm_during_inference_leaves_nothing(inputs, tmp_path):
+    """SIGTERM unwinds like Ctrl-C (KeyboardInterrupt): the same cleanup, its own word and exit code."""
+    proc, out_dir, tmp_dir = cli_encoding(inputs, tmp_path)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err
@@ -254,11 +261,7 @@ def test_sigterm_during_inference_leaves_nothing(inputs, tmp_path):
 
 @pytest.mark.slow
 def test_next_run_removes_what_kill_9_left(inputs, tmp_path):
-    out_dir, tmp_dir = tmp_path / "out", tmp_path / "tmp"
-    out_dir.mkdir()
-    tmp_dir.mkdir()
-    proc = start_cli(inputs, out_dir / "o.mp4", tmp_dir)
-    wait_for_output_to_start(proc, out_dir)
+    proc, out_dir, tmp_dir = cli_encoding(inputs, tmp_path)
     proc.kill()
     proc.communicate()
     left = temp_files(out_dir)
@@ -370,12 +373,7 @@ def test_several_faces_log_the_box_that_is_lip_synced():
 
 
 def test_several_faces_in_a_video_are_counted():
-    frames = []
-    for face in face_frames(3):
-        canvas = np.full((256, 480, 3), 200, np.uint8)
-        canvas[:, :256] = face
-        canvas[40:220, 280:460] = cv2.resize(face, (180, 180))
-        frames.append(canvas)
+    frames = [two_faces(face) for face in face_frames(3)]
     with logged() as records:
         boxes = track_faces(frames, 480, 256)
     lines = messages(records)

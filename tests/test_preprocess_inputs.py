@@ -2,11 +2,11 @@
 import os
 import subprocess
 
-import cv2
 import numpy as np
 import pytest
 import soundfile as sf
 
+from builders import two_faces
 from talkingface.config import Config
 from talkingface.data.dataprocess import demo
 from talkingface.data.dataprocess.hyperlipsbase_process import HyperLipsBasePreprocessor, clip_id_for
@@ -72,13 +72,7 @@ def mixed(tmp_path_factory):
     write_clip(str(data / "short.mp4"), face_frames(10), seconds=0.4, tmp=audio_tmp)
     write_clip(str(data / "fps30.mov"), face_frames(60), fps=30, seconds=2.0, tmp=audio_tmp)
     write_clip(str(data / "trimmed.mp4"), noise_frames(20) + face_frames(40), seconds=2.4, tmp=audio_tmp)
-    two = []
-    for frame in face_frames(25):
-        canvas = np.full((256, 480, 3), 200, np.uint8)
-        canvas[:, :256] = frame
-        canvas[40:220, 280:460] = cv2.resize(frame, (180, 180))
-        two.append(canvas)
-    write_clip(str(data / "twofaces.mp4"), two, seconds=1.0, tmp=audio_tmp)
+    write_clip(str(data / "twofaces.mp4"), [two_faces(f) for f in face_frames(25)], seconds=1.0, tmp=audio_tmp)
     write_clip(str(data / "deep" / "er" / "clip.mkv"), face_frames(25), seconds=1.0, tmp=audio_tmp)
     config = mead_config(tmp)
     report = HyperLipsBasePreprocessor(config).run()
