@@ -40,11 +40,16 @@ demo: $(STAMP)
 app: $(STAMP)
 	$(PY) run_talkingface.py --mode=app $(APP_ARGS)
 
+# Two pytest workers, one test file each at a time (so a file's fixtures are built once): every
+# test holds torch to one thread, so two run side by side on two cores.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PYTEST)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_preprocess.py

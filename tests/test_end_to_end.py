@@ -8,8 +8,8 @@ from run_talkingface import main
 from talkingface.utils.checkpoint import latest_checkpoint
 from talkingface.utils.video import probe_video
 
-# Small everything: 4 clips of 2 s, a couple of steps per stage.
-TINY = ["--dataset=demo", "--demo_num_clips=4", "--demo_clip_seconds=2.0", "--num_workers=0",
+# Small everything: 4 clips of 1 s (25 frames), a couple of steps per stage.
+TINY = ["--dataset=demo", "--demo_num_clips=4", "--demo_clip_seconds=1.0", "--num_workers=0",
         "--eval_max_frames=12", "--eval_num_sample_videos=1", "--max_val_batches=1"]
 
 
@@ -46,7 +46,7 @@ def test_every_stage_chains_by_default_paths(workdir):
                  f"--audio={audio}", "--output=out.mp4"]) == 0
     info, source = probe_video("out.mp4"), probe_video(video)
     assert info.has_audio and (info.width, info.height) == (source.width, source.height)
-    assert info.n_frames == 50
+    assert info.n_frames == 25   # the 1 s of the driving clip's audio
 
     # Base trained further after HR: evaluating HR runs on the Base checkpoint its data came from
     # (the log says so) and keeps the HR data that checkpoint was trained on.

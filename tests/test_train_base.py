@@ -136,16 +136,20 @@ def test_train_step_under_mixed_precision(workdir, amp_dtype):
     generator, discriminator = trainer.networks["generator"], trainer.networks["discriminator"]
     reference = {"generator": copy.deepcopy(generator), "discriminator": copy.deepcopy(discriminator)}
     trainer.optimizers = {name: GradientRecorder(network.parameters()) for name, network in trainer.networks.items()}
-    # No sync term, so bf16 runs 2 frames (faster); fp16 keeps 5: with 2 its first scaled step
-    # overflowed and GradScaler skipped it.
-    batch = base_batch(frames=2 if amp_dtype == "bfloat16" else 5)
+    # One frame (no sync term, so any number works): half-precision convolutions are emulated on
+    # this CPU, seconds each. With one frame the loss's gradients are larger, so GradScaler's
+    # default first scale (2**16) would overflow fp16 and skip the step; it starts lower here.
+    scale = 2.0 ** 10 if amp_dtype == "float16" else 1.0   # fp16 gradients underflow unscaled
+    if amp_dtype == "float16":
+        trainer.scalers = {name: torch.amp.GradScaler("cpu", init_scale=scale) for name in trainer.optimizers}
+    batch = base_batch(frames=1)
     trainer._set_mode(True)
     trainer.train_step(batch)
     assert (factors[0] is None) == (amp_dtype == "float16")
+    assert all(s.get_scale() == scale for s in trainer.scalers.values() if s.is_enabled())   # not skipped
 
     for network in reference.values():
         network.train()
-    scale = 2.0 ** 16 if amp_dtype == "float16" else 1.0   # fp16 gradients underflow unscaled
     with torch.autocast("cpu", dtype=getattr(torch, amp_dtype)):
         g = reference["generator"](batch["indiv_mels"], batch["face"])
         g_loss = bce(reference["discriminator"](g), 1.0)
