@@ -13,6 +13,7 @@ uses too. Errors a user can fix are one-line TalkingFaceError subclasses (utils/
 """
 import os
 
+import librosa
 import numpy as np
 
 from talkingface.config import Config
@@ -101,6 +102,5 @@ def _samples_16k(samples, sample_rate):
     if wav.ndim != 1 or wav.size == 0:
         raise InputError(f"audio samples must be a non-empty mono array, got shape {np.shape(samples)}")
     if int(sample_rate) != SAMPLE_RATE:
-        import librosa
         wav = librosa.resample(wav, orig_sr=int(sample_rate), target_sr=SAMPLE_RATE, res_type="soxr_hq")
     return wav

@@ -19,6 +19,10 @@ import tempfile
 import threading
 import time
 
+import torch
+
+from talkingface.api import LipSync
+from talkingface.model import extract_state_dict, hr_rescaling
 from talkingface.utils.checkpoint import CHECKPOINT_PATTERN, latest_checkpoint
 from talkingface.utils.errors import CheckpointError, ConfigError, InputError, TalkingFaceError
 
@@ -48,10 +52,6 @@ def _step(path):
 
 def hr_size(path):
     """Output size of an HR decoder checkpoint (128/256/512) from its keys, or None."""
-    import torch
-
-    from talkingface.model import extract_state_dict, hr_rescaling
-
     try:
         try:  # mmap: the key names without reading every tensor
             checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -154,8 +154,6 @@ class LoadedModel:
         self._key = self._lipsync = None
 
     def get(self, choice):
-        from talkingface.api import LipSync
-
         key = (choice.model, choice.checkpoint, choice.base_checkpoint)
         with self._lock:
             if key != self._key:
@@ -221,7 +219,7 @@ class App:
 
 
 def build_page(app):
-    import gradio as gr
+    import gradio as gr   # lazy: ~4 s to import, and only --mode=app needs it (see serve)
 
     config = app.config
     labels = [c.label for c in app.choices]
@@ -290,7 +288,7 @@ def serve(config):
     os.environ.setdefault("GRADIO_TEMP_DIR", os.path.join(output_dir, "uploads"))
     page = None
     try:
-        try:
+        try:   # lazy: gradio takes ~4 s to import and only --mode=app needs it
             import gradio  # noqa: F401
         except ImportError:
             raise ConfigError("the app needs gradio: pip install -r requirements.txt") from None

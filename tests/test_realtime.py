@@ -51,9 +51,13 @@ def test_avatar_cache_hit_gives_the_same_frames_without_tracking(syncer, clip, t
     folder = str(tmp_path / "avatars")
     off = syncer.run(video, wav)
     profiler = StageProfiler()
+    decodes = []
+    real_decode = pipeline.FrameSource._decode
+    monkeypatch.setattr(pipeline.FrameSource, "_decode", lambda self: decodes.append(1) or real_decode(self))
     # the avatar is built by a run with another audio ...
     syncer.run(video, wav[::-1].copy(), avatar_cache="on", avatar_cache_dir=folder, profiler=profiler)
     assert profiler.seconds["face_encoder"] > 0 and profiler.seconds["tracking"] > 0
+    assert len(decodes) == 2   # tracking, then the avatar pass; generation reads the kept frames
     assert sorted(os.listdir(folder))[0].endswith(".avatar") and len(os.listdir(folder)) == 2
     # ... and a hit needs no face tracking, no face mesh of the source, no face encoder
     monkeypatch.setattr(pipeline, "track_faces", lambda *a, **k: pytest.fail("tracked despite the cache"))

@@ -17,6 +17,7 @@ all frames). Writes config["results_dir"]/metrics.json (strict JSON: inf as "inf
 provenance (split, counts, checkpoints, reference policy, precision, tracker, toolkit commit) and
 logs a table under a header saying the same. Run it on one process only.
 """
+import itertools
 import logging
 import os
 import tempfile
@@ -25,12 +26,24 @@ import time
 import numpy as np
 from tqdm import tqdm
 
+from talkingface.data.dataset.clip import Clip, read_filelist
 from talkingface.evaluator.metrics import METRICS_DOC, EvalSample, build_metrics
 from talkingface.evaluator.report import NON_FINITE_NOTE, format_table, json_safe
-from talkingface.utils.audio import SAMPLES_PER_FRAME
+from talkingface.evaluator.syncnet_v2 import syncnet_crop_geometry, syncnet_crops
+from talkingface.inference.arrays import ArraySource
+from talkingface.inference.networks import checkpoint_paths, load_inference_networks
+from talkingface.inference.pipeline import LipSyncer
+from talkingface.utils.audio import FPS, SAMPLES_PER_FRAME, load_audio
 from talkingface.utils.distributed import is_main_process
 from talkingface.utils.errors import InputError
+from talkingface.utils.face import crop_resize
 from talkingface.utils.files import write_json_atomic
+from talkingface.utils.fingerprint import checkpoint_fingerprint
+from talkingface.utils.run_record import run_record, toolkit_commit
+from talkingface.utils.runtime import use_bf16
+from talkingface.utils.seed import init_seed
+from talkingface.utils.tracking import tracker_settings
+from talkingface.utils.video import read_frames
 
 logger = logging.getLogger(__name__)
 
@@ -52,48 +65,14 @@ def score_samples(metrics, samples, progress=None):
     return per_clip, mean
 
 
-def source_video(clip, data_root):
-    """The video a preprocessed clip was cut from (meta source, else data_root/source_rel), or None."""
-    for candidate in (clip.meta.get("source"), clip.meta.get("source_rel") and os.path.join(data_root,
-                                                                                            clip.meta["source_rel"])):
-        if candidate and os.path.isfile(candidate):
-            return candidate
-    return None
-
-
 def read_clip_frames(clip, path, n):
-    """The 25 fps frames [first_frame, first_frame + n) of the clip's source video (BGR uint8)."""
-    from talkingface.utils.video import iter_frames
-    first, frames = int(clip.meta.get("first_frame", 0)), []
-    decoded = iter_frames(path, fps=clip.fps)
-    try:
-        for index, frame in enumerate(decoded):
-            if index >= first + n:
-                break
-            if index >= first:
-                frames.append(frame)
-    finally:
-        if hasattr(decoded, "close"):
-            decoded.close()
+    """The clip's first `n` full frames from its source video (BGR uint8); a video that now decodes
+    shorter is a one-line InputError."""
+    frames = list(itertools.islice(clip.source_frames(path), n))
     if len(frames) < n:
+        first = int(clip.meta.get("first_frame", 0))
         raise InputError(f"{path} decodes to {first + len(frames)} frames, but clip {clip.id} needs frames "
                          f"{first}..{first + n - 1}: preprocess the dataset again")
-    return frames
-
-
-def decode(path, n):
-    """The first `n` 25 fps frames of the video at `path`."""
-    from talkingface.utils.video import iter_frames
-    frames = []
-    decoded = iter_frames(path, fps=25)
-    try:
-        for frame in decoded:
-            frames.append(frame)
-            if len(frames) == n:
-                break
-    finally:
-        if hasattr(decoded, "close"):
-            decoded.close()
     return frames
 
 
@@ -101,8 +80,6 @@ def cut_pair(output, real, boxes, size, pad_bottom, sync=True):
     """Face crops of the output and the real frames with the same boxes (frames without a face left
     out), and with `sync` LSE's syncnet_python crops of the output (its box without our chin pad;
     None when the clip is too short for that geometry's 13-frame median filter)."""
-    from talkingface.evaluator.syncnet_v2 import syncnet_crop_geometry, syncnet_crops
-    from talkingface.utils.face import crop_resize
     keep = [k for k in range(min(len(output), len(real), len(boxes))) if np.isfinite(boxes[k]).all()]
     if not keep:
         return None
@@ -120,22 +97,19 @@ class Evaluator:
         self.config = config
 
     def _clips(self, split):
-        from talkingface.data.dataset.clip import Clip, read_filelist
         clip_dirs = read_filelist(self.config, split)
         if not clip_dirs:
             raise InputError(f"the {split} split has no clips: preprocess more videos or choose another split "
                              "(eval_split)")
         max_clips = int(self.config["eval_max_clips"] or 0)
         clips = [Clip(d) for d in (clip_dirs[:max_clips] if max_clips else clip_dirs)]
-        missing = [c.id for c in clips if source_video(c, self.config["data_root"]) is None]
+        missing = [c.id for c in clips if c.source_video(self.config["data_root"]) is None]
         if missing:   # checked before any clip is generated
             raise InputError(f"the source videos of {len(missing)} clip(s) ({', '.join(missing[:3])}) are gone: "
                              f"evaluation lip-syncs the source frames; restore them under {self.config['data_root']}")
         return clips
 
     def _samples(self, syncer, clips, n_videos, sync):
-        from talkingface.inference.arrays import ArraySource
-        from talkingface.utils.audio import load_audio
         config = self.config
         max_frames = int(config["eval_max_frames"] or 0)
         size, pad = int(config["crop_size"]), int(config["face_pad_bottom"])
@@ -143,12 +117,12 @@ class Evaluator:
             n = min(clip.n_frames, max_frames) if max_frames else clip.n_frames
             wav = load_audio(clip.audio_path)[:n * SAMPLES_PER_FRAME]
             n = min(n, len(wav) // SAMPLES_PER_FRAME)
-            real = read_clip_frames(clip, source_video(clip, config["data_root"]), n)
+            real = read_clip_frames(clip, clip.source_video(config["data_root"]), n)
             with tempfile.TemporaryDirectory(prefix="talkingface_eval_") as folder:
                 video = (os.path.join(config["results_dir"], "samples", f"{clip.id}.mp4") if index < n_videos
                          else os.path.join(folder, "output.mp4"))
                 result = syncer.run(ArraySource(real, fps=clip.fps), wav[:n * SAMPLES_PER_FRAME], video)
-                output = decode(video, len(real))
+                output = read_frames(video, FPS, len(real))
             if index < n_videos:
                 logger.info("sample video: %s", video)
             pair = cut_pair(output, real, result.boxes, size, pad, sync)
@@ -164,11 +138,6 @@ class Evaluator:
     def evaluate(self, syncer, split="val", provenance=None):
         """Score `syncer` (a LipSyncer with its networks) on `split`; `provenance`: the checkpoint
         facts to record (checkpoint, base_checkpoint, global_step)."""
-        from talkingface.utils.runtime import use_bf16
-        from talkingface.utils.run_record import toolkit_commit
-        from talkingface.utils.seed import init_seed
-        from talkingface.utils.tracking import tracker_settings
-
         config = self.config
         init_seed(config["seed"], config["reproducible"])
         clips = self._clips(split)
@@ -216,13 +185,6 @@ def header(results):
 def evaluate_checkpoint(config, split=None):
     """--mode=evaluate for HyperLipsBase / HyperLipsHR: the networks from their checkpoints (as
     --mode=infer loads them: no optimizer, discriminator or loss network), config["eval_split"]."""
-    from talkingface.inference.networks import checkpoint_paths, load_inference_networks
-    from talkingface.inference.pipeline import LipSyncer
-    from talkingface.utils.fingerprint import checkpoint_fingerprint
-
-    from talkingface.utils.files import write_json_atomic
-    from talkingface.utils.run_record import run_record
-
     base_path, hr_path = checkpoint_paths(config)
     syncer = LipSyncer(config, networks=load_inference_networks(config, config["device"], (base_path, hr_path)))
     main = checkpoint_fingerprint(hr_path or base_path)

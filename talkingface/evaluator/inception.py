@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from talkingface.utils.checkpoint import load_checkpoint_file
 from talkingface.utils.errors import CheckpointError
 
 
@@ -177,7 +178,6 @@ def load_fid_inception(path, device):
         return _ScriptedFeatures(scripted).to(device).eval()
     except (RuntimeError, ValueError):
         pass   # not TorchScript: a plain state dict
-    from talkingface.utils.checkpoint import load_checkpoint_file
     state = load_checkpoint_file(path)
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     net = FIDInceptionV3()

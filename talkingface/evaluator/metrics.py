@@ -35,9 +35,11 @@ import numpy as np
 import torch
 
 from talkingface.config.configurator import resolve_device
-from talkingface.evaluator import sync
+from talkingface.evaluator import expert, inception, sync, syncnet_v2
+from talkingface.model import load_network
 from talkingface.utils.checkpoint import stage_checkpoint
 from talkingface.utils.errors import CheckpointError
+from talkingface.utils.face import FaceMesh
 from talkingface.utils.registry import METRICS
 
 logger = logging.getLogger(__name__)
@@ -137,6 +139,8 @@ class PSNR(Metric):
     name = "PSNR"
 
     def compute(self, sample):
+        # lazy: torchmetrics takes ~2 s to import and only PSNR needs it (the trainer and the
+        # scorer import this module whatever metrics they run)
         from torchmetrics.functional.image import peak_signal_noise_ratio
         values = []
         for start in range(0, len(sample.generated), self.batch_size):
@@ -181,6 +185,8 @@ class SSIM(Metric):
 
 
 def lip_landmark_indices():
+    # lazy: mediapipe takes ~1 s to import and only LMD and LipJitter need it (utils.face loads it
+    # the same way, when a face mesh is first made)
     from mediapipe.python.solutions.face_mesh_connections import FACEMESH_LIPS
     return np.array(sorted({i for edge in FACEMESH_LIPS for i in edge}))
 
@@ -202,7 +208,6 @@ class _LipMetric(Metric):
         """(generated, real): lists of (40,2) lip landmarks per frame, None where the mesh missed."""
         if "lip_landmarks" not in sample.cache:
             if self._mesh is None:
-                from talkingface.utils.face import FaceMesh
                 self._mesh = FaceMesh(static_image_mode=True)   # per frame: tracking would hide jitter
 
             def lips(frames):
@@ -297,8 +302,7 @@ class LSE(_SyncMetric):
                                  "syncnet_v2.model (from joonson/syncnet_python) there or set syncnet_v2_path")
         if path is None:
             return
-        from talkingface.evaluator.syncnet_v2 import load_syncnet_v2
-        self.net = load_syncnet_v2(path, self.device)
+        self.net = syncnet_v2.load_syncnet_v2(path, self.device)
 
     def compute(self, sample):
         if sample.sync_crops is not None:     # cut from the full frames as syncnet_python does
@@ -306,8 +310,7 @@ class LSE(_SyncMetric):
         return super().compute(sample)
 
     def embeddings(self, frames, wav):
-        from talkingface.evaluator.syncnet_v2 import syncnet_v2_embeddings
-        return syncnet_v2_embeddings(self.net, frames, wav, self.device, self.batch_size)
+        return syncnet_v2.syncnet_v2_embeddings(self.net, frames, wav, self.device, self.batch_size)
 
 
 @METRICS.register("SyncScore")
@@ -332,13 +335,11 @@ class SyncScore(_SyncMetric):
         except CheckpointError as exc:
             self.skip(str(exc))
             return
-        from talkingface.model import load_network
         logger.info("SyncScore uses the lip-sync expert %s", path)
         self.net = load_network("SyncNet", path).to(self.device).eval()
 
     def embeddings(self, frames, wav):
-        from talkingface.evaluator.expert import expert_embeddings
-        return expert_embeddings(self.net, frames, wav, self.device, self.batch_size, self.hflip)
+        return expert.expert_embeddings(self.net, frames, wav, self.device, self.batch_size, self.hflip)
 
 
 @METRICS.register("FID")
@@ -356,23 +357,20 @@ class FID(Metric):
                                  "set inception_path")
         if path is None:
             return
-        from talkingface.evaluator.inception import load_fid_inception
-        self.net = load_fid_inception(path, self.device)
+        self.net = inception.load_fid_inception(path, self.device)
 
     def compute(self, sample):
-        from talkingface.evaluator.inception import inception_features
-        self.generated.append(inception_features(self.net, sample.generated, self.device, self.batch_size))
-        self.real.append(inception_features(self.net, sample.real, self.device, self.batch_size))
+        self.generated.append(inception.inception_features(self.net, sample.generated, self.device, self.batch_size))
+        self.real.append(inception.inception_features(self.net, sample.real, self.device, self.batch_size))
         return {}
 
     def finish(self):
-        from talkingface.evaluator.inception import frechet_distance
         if not self.generated:
             return {}
         gen, real = np.concatenate(self.generated), np.concatenate(self.real)
         if len(gen) < 2:
             return {"FID": None, "FID-frames": len(gen)}
-        return {"FID": frechet_distance(gen, real), "FID-frames": len(gen)}
+        return {"FID": inception.frechet_distance(gen, real), "FID-frames": len(gen)}
 
 
 def build_metrics(config, names):

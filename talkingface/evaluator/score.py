@@ -19,10 +19,18 @@ import os
 import re
 import sys
 
+import cv2
 import numpy as np
 
+from talkingface.evaluator.report import NON_FINITE_NOTE, json_safe
 from talkingface.utils.errors import InputError, TalkingFaceError
-from talkingface.utils.video import VIDEO_EXTENSIONS, is_image
+from talkingface.utils.audio import FPS, SAMPLE_RATE, load_audio
+from talkingface.utils.face import crop_resize
+from talkingface.utils.runtime import keep_freed_memory
+from talkingface.utils.video import VIDEO_EXTENSIONS, is_image, read_frames
+
+# The modules that load torch (tracking, config, metrics, the evaluator, the logger) are imported in
+# the functions that use them, so that a bad path or --help answers before torch is loaded (~2 s).
 
 logger = logging.getLogger("talkingface.evaluator.score")   # also when run as __main__
 
@@ -73,12 +81,8 @@ def pair_clips(generated, real):
 
 
 def read_video(path, max_frames):
-    from talkingface.utils.video import iter_frames
-    frames = []
-    for frame in iter_frames(path, fps=25):
-        frames.append(frame)
-        if max_frames and len(frames) >= max_frames:
-            break
+    """The 25 fps frames of a video (the first `max_frames` when > 0)."""
+    frames = read_frames(path, FPS, max_frames or None)
     if not frames:
         raise InputError(f"no frames in {path}")
     return frames
@@ -87,18 +91,16 @@ def read_video(path, max_frames):
 def detect_boxes(frames, config):
     """Per-frame face boxes (n, 4) from the one face tracker with config's settings; NaN rows
     where it has no face."""
-    from talkingface.utils.tracking import track_faces, tracker_arguments
+    from talkingface.utils.tracking import track_faces, tracker_arguments   # lazy: torch, see the top
     height, width = frames[0].shape[:2]
     return track_faces(frames, width, height, **tracker_arguments(config)).astype(np.float64)
 
 
 def crop_frames(frames, boxes, size):
-    from talkingface.utils.face import crop_resize
     return np.stack([crop_resize(f, b, size) for f, b in zip(frames, boxes) if np.isfinite(b).all()])
 
 
 def load_frame_folder(folder, size, max_frames):
-    import cv2
     names = _frame_files(folder)[:max_frames or None]
     frames = []
     for name in names:
@@ -131,7 +133,7 @@ def load_pair(generated, real, size, max_frames, config, sync_crops=False):
             gen_boxes = detect_boxes(gen_frames, config)
         gen_crops = crop_frames(gen_frames, gen_boxes, size)
         if sync_crops:
-            from talkingface.evaluator.syncnet_v2 import syncnet_crops
+            from talkingface.evaluator.syncnet_v2 import syncnet_crops   # lazy: torch, see the top
             found = np.isfinite(gen_boxes).all(axis=1)
             face_boxes = np.array(gen_boxes[found], dtype=np.float64)
             face_boxes[:, 3] -= int(config["face_pad_bottom"])   # the detector's box, without our chin pad
@@ -144,7 +146,6 @@ def load_pair(generated, real, size, max_frames, config, sync_crops=False):
 
 
 def load_clip_audio(audio, generated):
-    from talkingface.utils.audio import load_audio
     if audio:
         return load_audio(audio)
     if _is_video(generated):
@@ -157,7 +158,7 @@ def load_clip_audio(audio, generated):
 
 def score_config(args):
     """Defaults from overall.yaml (no model or dataset needed), with the command-line paths."""
-    from talkingface.config.configurator import PROPERTIES_DIR, load_yaml
+    from talkingface.config.configurator import PROPERTIES_DIR, load_yaml   # lazy: torch, see the top
     config = load_yaml(os.path.join(PROPERTIES_DIR, "overall.yaml"))
     config.update(device=args.device, dataset=None, metrics=args.metrics)
     if args.sync_expert:
@@ -177,10 +178,9 @@ def check_inputs(args):
 
 
 def score(args, pairs):
+    # lazy: torch and the metrics' libraries, see the top
     from talkingface.evaluator.evaluator import score_samples
     from talkingface.evaluator.metrics import METRICS_DOC, EvalSample, build_metrics
-    from talkingface.evaluator.report import NON_FINITE_NOTE, json_safe
-    from talkingface.utils.audio import SAMPLE_RATE
 
     config = score_config(args)
     metrics, skipped = build_metrics(config, args.metrics)
@@ -221,11 +221,10 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    from talkingface.utils.runtime import keep_freed_memory
     keep_freed_memory()
     try:
         pairs = check_inputs(args)
-        from talkingface.utils.logger import init_logger
+        from talkingface.utils.logger import init_logger   # lazy: torch (utils.distributed), see the top
         init_logger(level="INFO")   # to stderr: stdout carries only the JSON
         result = score(args, pairs)
     except TalkingFaceError as exc:

@@ -52,8 +52,9 @@ class ArraySource:
         for index in range(count):
             yield self._frame(index)
 
-    def play(self, n_out):
-        """(source_index, frame) for output frames 0..n_out-1, looping ping-pong."""
+    def play(self, n_out, keep=False):
+        """(source_index, frame) for output frames 0..n_out-1, looping ping-pong (`keep` is
+        FrameSource's: these frames are in memory already)."""
         if self.n_frames is None:
             raise RuntimeError("ArraySource.play() before scan()")
         for k in range(n_out):

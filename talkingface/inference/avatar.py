@@ -32,23 +32,23 @@ import zlib
 
 import numpy as np
 
+from talkingface.data.dataset.hr_layout import BASE_SIZE
 from talkingface.utils.errors import ConfigError
+from talkingface.utils.face import N_MESH_LANDMARKS
 from talkingface.utils.files import remove_stale_temp_files, temp_name, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-SIZE = 128  # the Base network's face size
 # HyperLipsBase.encode_face at 128 px, stored channels-last (H, W, C) like the network's tensors
 FEATURE_SHAPES = ((64, 64, 16), (32, 32, 24), (16, 16, 40), (8, 8, 128))
-N_LANDMARKS = 468
 CACHE_MODES = ("off", "on", "refresh")
 ORPHAN_SECONDS = 600  # records without metadata older than this are debris
 
 RECORD = np.dtype([
     ("ready", "u1"), ("has_landmarks", "u1"), ("box", "<i4", (4,)),
-    ("crop", "u1", (SIZE, SIZE, 3)), ("reference", "u1", (SIZE, SIZE, 3)),
-    ("mask", "<f4", (SIZE, SIZE)), ("landmarks", "<f4", (N_LANDMARKS, 2)),
+    ("crop", "u1", (BASE_SIZE, BASE_SIZE, 3)), ("reference", "u1", (BASE_SIZE, BASE_SIZE, 3)),
+    ("mask", "<f4", (BASE_SIZE, BASE_SIZE)), ("landmarks", "<f4", (N_MESH_LANDMARKS, 2)),
 ] + [(f"f{i + 1}", "<f4", shape) for i, shape in enumerate(FEATURE_SHAPES)])
 
 

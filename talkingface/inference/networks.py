@@ -9,6 +9,7 @@ The HR decoder's output size (128/256/512) comes from its checkpoint, never from
 """
 import logging
 
+from talkingface.model import load_network
 from talkingface.utils.checkpoint import stage_checkpoint
 from talkingface.utils.fingerprint import paired_base_checkpoint
 from talkingface.utils.errors import CheckpointError, ConfigError, TalkingFaceError
@@ -20,8 +21,6 @@ INFER_MODELS = ("HyperLipsBase", "HyperLipsHR")
 
 def load_checked(name, path):
     """load_network with any failure turned into a one-line CheckpointError."""
-    from talkingface.model import load_network
-
     try:
         return load_network(name, path)
     except TalkingFaceError:

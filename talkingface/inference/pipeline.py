@@ -41,15 +41,18 @@ import queue
 import threading
 import time
 
+import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from talkingface.config.schema import check
 from talkingface.inference.avatar import AvatarCache, AvatarStore, cache_key
 from talkingface.inference.networks import load_inference_networks
 from talkingface.inference.profile import OFF
 from talkingface.inference.render import ENCODER_BATCH, LipSyncRenderer
 from talkingface.inference.source import FrameSource
+from talkingface.inference.stream import LipSyncStream
 from talkingface.inference.features import check_audio_duration, chunked_melspectrogram
 from talkingface.utils.audio import FPS, audio_source_for, load_audio, n_video_frames_for_audio, save_wav
 from talkingface.utils.distributed import is_main_process
@@ -185,7 +188,6 @@ class _Settings:
     """The config's inference settings with per-run overrides (only keys the config defines)."""
 
     def __init__(self, config, overrides):
-        from talkingface.config.schema import check
         for key in overrides:
             if key not in config:
                 raise ConfigError(f"unknown inference setting '{key}'")
@@ -306,7 +308,6 @@ class LipSyncer:
     def stream(self, video, profiler=None, **overrides):
         """A streaming session over `video` (path, or frames in memory as an ArraySource): push
         audio chunks, get frames as their audio arrives (talkingface.inference.stream)."""
-        from talkingface.inference.stream import LipSyncStream
         settings = _Settings(self.config, overrides)
         if int(settings["infer_batch_size"]) < 1:
             raise ConfigError(f"infer_batch_size must be >= 1 (got {settings['infer_batch_size']})")
@@ -362,7 +363,8 @@ class LipSyncer:
         renderer = self._renderer(boxes, source, settings, bf16, reference, frame_at, mel, store, profiler)
         try:
             batch = []
-            for src, frame in profiler.timed_iter(source.play(n_src), "decode"):
+            # keep=True: generation reads these frames back from the raw frame cache (2 decodes, not 3)
+            for src, frame in profiler.timed_iter(source.play(n_src, keep=True), "decode"):
                 batch.append((src, frame))
                 if len(batch) == ENCODER_BATCH or src == n_src - 1:
                     renderer.prepare(batch)
@@ -393,7 +395,8 @@ class LipSyncer:
 
     def _avatar_settings(self, settings, bf16, reference):
         """Everything besides the video that shapes a cached avatar (its cache key)."""
-        import cv2
+        # lazy: mediapipe takes ~1 s to import; utils.face loads it when the face mesh first runs,
+        # and only its version is read here
         import mediapipe
 
         digest = hashlib.sha256()

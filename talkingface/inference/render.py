@@ -28,6 +28,7 @@ from talkingface.inference.avatar import FaceRecord
 from talkingface.inference.paste import mouth_mask, paste_face
 from talkingface.inference.profile import OFF
 from talkingface.data.dataset.hr_layout import BASE_SIZE
+from talkingface.data.dataset.hyperlipshr_dataset import decoder_input
 from talkingface.model.inputs import masked_input, reference_index, to_uint8_images
 from talkingface.utils.audio import mel_chunk
 from talkingface.utils.face import FaceMesh, box_to_int, crop_resize
@@ -75,9 +76,6 @@ class LipSyncRenderer:
         self.reference = None  # 128 px crop of the first face: the reference of policy "first"
         self.reference_policy, self.frame_at = reference, frame_at
         self.mesh_misses = 0
-        if hr is not None:
-            from talkingface.data.dataset.hyperlipshr_dataset import decoder_input
-            self._decoder_input = decoder_input
 
     def close(self):
         for mesh in (self.source_mesh, self.output_mesh):
@@ -238,7 +236,7 @@ class LipSyncRenderer:
             landmarks.append(found)
         blank = np.zeros((BASE_SIZE, BASE_SIZE, 3), np.uint8)  # no mesh at all: as in the HR training data
         sketches = [draw_sketch(lm, BASE_SIZE) if lm is not None else blank for lm in self._smoothed(landmarks)]
-        return np.stack(self._padded([self._decoder_input(image, sketch)
+        return np.stack(self._padded([decoder_input(image, sketch)
                                       for image, sketch in zip(generated, sketches)]))
 
     # ------------------------------------------------------------------ a batch

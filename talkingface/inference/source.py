@@ -136,8 +136,10 @@ class FrameSource:
                     need_mb, self.cache_limit_mb)
         return False
 
-    def play(self, n_out):
-        """(source_index, frame) for output frames 0..n_out-1, looping the video ping-pong."""
+    def play(self, n_out, keep=False):
+        """(source_index, frame) for output frames 0..n_out-1, looping the video ping-pong; with
+        `keep`, the frames are cached (if they fit) even when this pass shows each only once, so
+        that a later play() reads them back instead of decoding the video again."""
         if self.n_frames is None:
             raise RuntimeError("FrameSource.play() before scan()")
         n = self.n_frames
@@ -145,7 +147,7 @@ class FrameSource:
             for _ in range(n_out):
                 yield 0, self._first.copy()
             return
-        if n_out > n and self._cache is None and self._cache_fits():
+        if (n_out > n or keep) and self._cache is None and self._cache_fits():
             try:
                 self._cache = _RawFrameCache((self.height, self.width, 3))
             except OSError as exc:

@@ -32,6 +32,7 @@ import os
 import sys
 import time
 
+import cv2
 import numpy as np
 
 from talkingface.inference.features import check_audio_duration
@@ -40,6 +41,7 @@ from talkingface.inference.source import FrameSource
 from talkingface.utils.audio import (HOP_SIZE, MEL_CHUNK_LENGTH, SAMPLE_RATE, WIN_SIZE, mel_chunk, mel_start,
                                      melspectrogram, n_video_frames_for_audio)
 from talkingface.utils.errors import ConfigError, InputError
+from talkingface.utils.files import temp_name
 
 logger = logging.getLogger(__name__)
 
@@ -221,14 +223,13 @@ def y4m_header(width, height, fps=25):
 
 def y4m_frame(frame):
     """One BGR uint8 frame (even width and height) as a y4m FRAME record."""
-    import cv2
     return b"FRAME\n" + cv2.cvtColor(frame, cv2.COLOR_BGR2YUV_I420).tobytes()
 
 
 def run_stream(config, stdin=None, stdout=None):
     """--mode=stream: PCM s16le 16 kHz mono from --audio (- = stdin) -> y4m to --output (- = stdout)."""
+    # lazy: pipeline.py imports this module (LipSyncer.stream), so importing it at the top would be a circle
     from talkingface.inference.pipeline import LipSyncer
-    from talkingface.utils.files import temp_name
 
     video, audio, output = config["video"], config["audio"], config["output"]
     if not video:

@@ -9,6 +9,9 @@ network, "networks": {"generator": ..., "discriminator": ...}, ...}`), or a bare
 """
 import os
 
+from talkingface.model.audio_driven_talkingface.hyperlipsbase import BaseDiscriminator, HyperLipsBase
+from talkingface.model.audio_driven_talkingface.hyperlipshr import HRDecoder, HRDiscriminator
+from talkingface.model.audio_driven_talkingface.syncnet import SyncNet
 from talkingface.utils.checkpoint import load_checkpoint_file, strip_module_prefix
 from talkingface.utils.errors import CheckpointError, ConfigError
 
@@ -19,12 +22,6 @@ HR_RESCALING_BY_LAST_UP_INDEX = {1: 1, 2: 2, 5: 4}
 
 def build_network(name, rescaling=1):
     """A freshly initialised network by name (`rescaling` only for HRDecoder: 1, 2 or 4)."""
-    # Imported here: the network modules import talkingface.model.abstract_talkingface, which runs
-    # this package's __init__ first; importing them at its top would be an import circle.
-    from talkingface.model.audio_driven_talkingface.hyperlipsbase import BaseDiscriminator, HyperLipsBase
-    from talkingface.model.audio_driven_talkingface.hyperlipshr import HRDecoder, HRDiscriminator
-    from talkingface.model.audio_driven_talkingface.syncnet import SyncNet
-
     classes = {"SyncNet": SyncNet, "HyperLipsBase": HyperLipsBase, "BaseDiscriminator": BaseDiscriminator,
                "HRDiscriminator": HRDiscriminator}
     if name == "HRDecoder":

@@ -3,7 +3,11 @@ import logging
 
 import torch
 
+from talkingface.app import serve
 from talkingface.config import Config
+from talkingface.evaluator.evaluator import evaluate_checkpoint
+from talkingface.inference import run_inference
+from talkingface.inference.stream import run_stream
 from talkingface.utils import distributed as dist_utils
 from talkingface.utils.logger import init_logger
 from talkingface.utils.registry import PREPROCESSORS, TRAINERS
@@ -39,19 +43,14 @@ def run(model, dataset, config_files=None, config_dict=None):
     mode = config["mode"]
     logger.info("%s on %s, mode %s, device %s", model, dataset, mode, config["device"])
     try:
-        # Each mode imports only what it runs (the app pulls in gradio, evaluation its metrics).
         if mode == "infer":
-            from talkingface.inference import run_inference
             return run_inference(config)
         if mode == "stream":
-            from talkingface.inference.stream import run_stream
             return run_stream(config)
         if mode == "app":
-            from talkingface.app import serve
             return serve(config)
         if mode == "evaluate" and model in ("HyperLipsBase", "HyperLipsHR"):
             # The clips and their source videos, lip-synced as --mode=infer does: no trainer, no HR data.
-            from talkingface.evaluator import evaluate_checkpoint
             preprocess(config, "HyperLipsBasePreprocessor")
             return evaluate_checkpoint(config) if dist_utils.is_main_process() else None
         preprocess(config)

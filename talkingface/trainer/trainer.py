@@ -18,14 +18,18 @@ import time
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from talkingface.data.dataset.sampler import ResumableSampler, SeededItems
+from talkingface.evaluator.evaluator import Evaluator
+from talkingface.inference.pipeline import LipSyncer
 from talkingface.utils import distributed as dist_utils
 from talkingface.utils.checkpoint import (checkpoint_path, latest_checkpoint, list_checkpoints, load_checkpoint_file,
                                           save_checkpoint_file)
 from talkingface.utils.errors import CheckpointError, ConfigError, TalkingFaceError
 from talkingface.utils.files import remove_stale_temp_files, write_json_atomic
+from talkingface.utils.fingerprint import checkpoint_fingerprint
 from talkingface.utils.registry import DATASETS, TRAINERS
 from talkingface.utils.run_record import run_record
 from talkingface.utils.seed import init_seed, preserved_rng, rng_state, seed_worker, set_rng_state
@@ -202,7 +206,6 @@ class Trainer:
 
     def _open_writer(self):
         if dist_utils.is_main_process() and self.writer is None:
-            from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(os.path.join(self.results_dir, "tensorboard"))
 
     # ------------------------------------------------------------------ run records
@@ -448,9 +451,6 @@ class Trainer:
     def evaluate(self, split="val"):
         """Score the trained networks (the metrics in `metrics`): rank 0 hands them to the
         Evaluator, which runs them through the inference pipeline; the other ranks return None."""
-        from talkingface.evaluator import Evaluator
-        from talkingface.inference.pipeline import LipSyncer
-        from talkingface.utils.fingerprint import checkpoint_fingerprint
         self._set_mode(False)
         if not dist_utils.is_main_process():
             return None

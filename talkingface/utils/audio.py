@@ -15,7 +15,10 @@ import re
 import subprocess
 from pathlib import Path
 
+import imageio_ffmpeg
+import librosa   # a lazy loader: its parts load on first use (librosa.stft, librosa.filters)
 import numpy as np
+import soundfile as sf
 
 from talkingface.utils.errors import InputError
 
@@ -40,10 +43,6 @@ MEL_CHUNK_LENGTH = 16  # 0.2 s of mel frames per video frame
 
 def ffmpeg_exe() -> str:
     """Path of the ffmpeg binary bundled with imageio-ffmpeg."""
-    try:
-        import imageio_ffmpeg
-    except ImportError as exc:  # pragma: no cover - it is a hard requirement
-        raise InputError("imageio-ffmpeg is not installed: pip install imageio-ffmpeg") from exc
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
@@ -156,8 +155,6 @@ def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
 
 def save_wav(path: str | os.PathLike, wav: np.ndarray, sr: int = SAMPLE_RATE) -> None:
     """Write mono float audio as 16-bit PCM wav (clipped to [-1, 1], levels kept), atomically."""
-    import soundfile as sf
-
     wav = np.asarray(wav, dtype=np.float32)
     if wav.ndim != 1:
         raise InputError(f"save_wav expects mono 1-D audio, got shape {wav.shape}")
@@ -175,8 +172,6 @@ def save_wav(path: str | os.PathLike, wav: np.ndarray, sr: int = SAMPLE_RATE) ->
 @functools.lru_cache(maxsize=None)
 def _mel_basis() -> np.ndarray:
     """Slaney mel filterbank (80, 401), built once (librosa's default float32, like the official)."""
-    import librosa
-
     basis = librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=NUM_MELS, fmin=FMIN, fmax=FMAX)
     basis.setflags(write=False)
     return basis
@@ -188,7 +183,8 @@ def melspectrogram(wav: np.ndarray) -> np.ndarray:
     pre-emphasis 0.97 -> |STFT| (n_fft 800, hop 200, hann 800, centred, constant padding) ->
     Slaney mel (fmin 55, fmax 7600) -> 20*log10(max(1e-5, x)) - 20 -> clip(8*(S+100)/100-4, +-4).
     """
-    import librosa
+    # lazy: scipy.signal takes ~1.5 s to import; preprocessing workers and the scorer's CLI import
+    # this module without computing a mel spectrogram
     from scipy.signal import lfilter
 
     wav = np.asarray(wav)

@@ -36,7 +36,7 @@ def _import_mediapipe():
                            "would hang here: create worker pools with "
                            "multiprocessing.get_context('spawn')")
     try:
-        import mediapipe as mp
+        import mediapipe as mp  # lazy: ~1 s to import, and the fork check above must run first
     except ImportError as exc:  # pragma: no cover - hard requirement
         raise InputError("mediapipe is not installed: pip install mediapipe==0.10.14") from exc
     _mediapipe_owner_pid = os.getpid()
@@ -50,7 +50,30 @@ def _check_frame(frame: np.ndarray) -> np.ndarray:
     return frame
 
 
-class FaceDetector:
+class _MediapipeSolution:
+    """A mediapipe solution graph, closed by close() or at the end of a `with` block."""
+
+    def __init__(self, solution):
+        self._solution = solution
+
+    def _process(self, rgb):
+        if self._solution is None:
+            raise InputError(f"{type(self).__name__} is closed: create a new one")
+        return self._solution.process(rgb)
+
+    def close(self) -> None:
+        if self._solution is not None:
+            self._solution.close()
+            self._solution = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class FaceDetector(_MediapipeSolution):
     """mediapipe face detection: `.detect(frame_bgr) -> [(x1, y1, x2, y2, score), ...]`.
 
     Boxes are in pixels of the given frame, clipped to it, best first (largest and most central:
@@ -63,12 +86,10 @@ class FaceDetector:
     def __init__(self, model_selection: int = 1, min_confidence: float = 0.5, max_side: int = 640):
         mp = _import_mediapipe()
         self.max_side = int(max_side)
-        self._detector = mp.solutions.face_detection.FaceDetection(
-            model_selection=model_selection, min_detection_confidence=min_confidence)
+        super().__init__(mp.solutions.face_detection.FaceDetection(
+            model_selection=model_selection, min_detection_confidence=min_confidence))
 
     def detect(self, frame_bgr: np.ndarray) -> list[tuple[float, float, float, float, float]]:
-        if self._detector is None:
-            raise InputError("FaceDetector is closed: create a new one")
         frame = _check_frame(frame_bgr)
         height, width = frame.shape[:2]
         scale = min(1.0, self.max_side / max(height, width))
@@ -77,7 +98,7 @@ class FaceDetector:
             small = cv2.resize(frame, (max(1, round(width * scale)), max(1, round(height * scale))),
                                interpolation=cv2.INTER_LINEAR)
         rgb = cv2.cvtColor(small, cv2.COLOR_BGR2RGB)
-        results = self._detector.process(rgb)
+        results = self._process(rgb)
         boxes = []
         for detection in results.detections or []:
             rel = detection.location_data.relative_bounding_box
@@ -92,17 +113,6 @@ class FaceDetector:
             boxes.append((x1, y1, x2, y2, score))
         boxes.sort(key=lambda b: _area_centrality(b, width, height), reverse=True)
         return boxes
-
-    def close(self) -> None:
-        if self._detector is not None:
-            self._detector.close()
-            self._detector = None
-
-    def __enter__(self) -> "FaceDetector":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def _area_centrality(box, width: int, height: int) -> float:
@@ -191,7 +201,7 @@ def crop_resize(frame: np.ndarray, box, size) -> np.ndarray:
     return cv2.resize(crop, (out_w, out_h), interpolation=interpolation)
 
 
-class FaceMesh:
+class FaceMesh(_MediapipeSolution):
     """mediapipe face mesh: `.landmarks(frame_bgr) -> (468, 2) float32 pixel (x, y)` or None.
 
     static_image_mode=True treats every call independently (use it for unrelated images);
@@ -201,33 +211,20 @@ class FaceMesh:
     def __init__(self, static_image_mode: bool = True, min_detection_confidence: float = 0.5,
                  min_tracking_confidence: float = 0.5):
         mp = _import_mediapipe()
-        self._mesh = mp.solutions.face_mesh.FaceMesh(
+        super().__init__(mp.solutions.face_mesh.FaceMesh(
             static_image_mode=static_image_mode, max_num_faces=1, refine_landmarks=False,
             min_detection_confidence=min_detection_confidence,
-            min_tracking_confidence=min_tracking_confidence)
+            min_tracking_confidence=min_tracking_confidence))
 
     def landmarks(self, frame_bgr: np.ndarray) -> np.ndarray | None:
-        if self._mesh is None:
-            raise InputError("FaceMesh is closed: create a new one")
         frame = _check_frame(frame_bgr)
         height, width = frame.shape[:2]
-        results = self._mesh.process(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+        results = self._process(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
         if not results.multi_face_landmarks:
             return None
         points = results.multi_face_landmarks[0].landmark
         xy = np.array([(p.x * width, p.y * height) for p in points[:N_MESH_LANDMARKS]], dtype=np.float32)
         return xy
-
-    def close(self) -> None:
-        if self._mesh is not None:
-            self._mesh.close()
-            self._mesh = None
-
-    def __enter__(self) -> "FaceMesh":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def smooth_landmarks(landmarks_seq, window: int = 5) -> list:

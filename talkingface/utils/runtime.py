@@ -56,8 +56,8 @@ def keep_freed_memory():
 
 def use_bf16(setting, device):
     """infer_bf16: true/false, or auto = on for CPUs with native bfloat16 support."""
-    # torch is imported here, not at the top: the entry points import this module to tune malloc
-    # before torch is loaded.
+    # lazy: torch takes ~2 s to import; the entry points import this module to tune malloc before
+    # they load it, and the scorer's CLI (evaluator/score.py) answers a bad path without it
     import torch
 
     if isinstance(setting, bool):

@@ -6,6 +6,7 @@ decoding uses cv2.VideoCapture. Every user-facing failure is a one-line InputErr
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import re
@@ -202,9 +203,16 @@ def _frames(cap: cv2.VideoCapture, path: Path, src_fps: float,
         cap.release()
 
 
-def read_frames(path: str | os.PathLike, fps: float | None = None) -> list[np.ndarray]:
-    """All frames of iter_frames as a list (short clips only: memory grows with length)."""
-    return list(iter_frames(path, fps))
+def read_frames(path: str | os.PathLike, fps: float | None = None,
+                max_frames: int | None = None) -> list[np.ndarray]:
+    """The frames of iter_frames (the first `max_frames` when given) as a list (short clips only:
+    memory grows with length); the decoder is released as soon as they are read."""
+    frames = iter_frames(path, fps)
+    try:
+        return list(itertools.islice(frames, max_frames))
+    finally:
+        if hasattr(frames, "close"):  # (an image is a plain iterator)
+            frames.close()
 
 
 # Containers that take libx264 video and aac audio; a name without a suffix is written as mp4.

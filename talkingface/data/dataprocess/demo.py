@@ -15,6 +15,7 @@ import tempfile
 
 import cv2
 import numpy as np
+from skimage import data as skimage_data
 
 from talkingface.utils.audio import FPS, SAMPLE_RATE, save_wav
 from talkingface.utils.video import VideoWriter
@@ -149,9 +150,7 @@ def render_frame(photo, openness, offset, size):
 
 
 def astronaut_bgr():
-    from skimage import data
-
-    return np.ascontiguousarray(data.astronaut()[:, :, ::-1]).astype(np.float32)
+    return np.ascontiguousarray(skimage_data.astronaut()[:, :, ::-1]).astype(np.float32)
 
 
 def demo_clip_paths(data_root, num_clips):

@@ -7,7 +7,7 @@ inference and evaluation, streamed here), and each frame's crop is resized to co
 and written as JPEG. Frames without a face never leave an index gap: a clip is
 trimmed to its longest face-bearing run (or skipped when that run is too short to hold a training
 sample). Audio is cut to the kept frames, saved as 16 kHz mono wav, and its mel spectrogram is
-computed once (in the parent process, so workers never import librosa). Every clip is written in
+computed once (in the parent process, so workers never load librosa's DSP code). Every clip is written in
 a temporary folder and renamed when complete, with `.done` inside, so an interrupted run resumes
 where it stopped; videos run in parallel worker processes (spawned, one face detector each). Bad inputs are skipped and reported in
 report.json with the reason; train/val/test filelists are split by video, reproducibly.
@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from talkingface.data.dataprocess.demo import demo_is_current, ensure_demo_dataset
 from talkingface.data.dataset.clip import DONE_MARKER, SPLITS, filelist_path
+from talkingface.utils import distributed as dist_utils
 from talkingface.utils.audio import (SIDECAR_AUDIO_EXTENSIONS, audio_source_for, load_audio, melspectrogram,
                                      save_wav, sidecar_audio)
 from talkingface.utils.errors import ConfigError, InputError, TalkingFaceError
@@ -139,7 +140,7 @@ def process_video(task, detector):
 
     Never raises for a bad input (the entry says why it was skipped). The clip is finished by
     `finalize_clip` (mel spectrogram, .done, rename), which runs in the parent process: the
-    workers then never import librosa/scipy, which costs seconds per process.
+    workers then never load librosa's and scipy's DSP code, which costs seconds per process.
     """
     start = time.time()
     entry = {"video": task["rel"], "clip_id": task["clip_id"]}
@@ -438,9 +439,6 @@ class HyperLipsBasePreprocessor:
         do, each rank does its share of them, and rank 0 writes the outputs once every share is
         done (preprocessed_root must be a folder all ranks see, e.g. on a shared filesystem).
         """
-        # Imported here: it pulls in torch, which spawned workers (importing this module) never need.
-        from talkingface.utils import distributed as dist_utils
-
         group = dist_utils.patient_group()  # shares differ in length: a rank may wait long for the others
         manifest, report, tasks = run_on_main_process(self._plan, group)
         rank, world = dist_utils.rank(), dist_utils.world_size()
@@ -503,10 +501,8 @@ class HyperLipsBasePreprocessor:
 
     def _process_all(self, tasks):
         """Yield the report entry of every task, from worker processes when there are several."""
-        from talkingface.utils.distributed import is_main_process   # torch: see run()
-
         workers = min(self.workers, len(tasks))
-        bar = tqdm(total=len(tasks), desc="preprocess", unit="video", disable=not is_main_process())
+        bar = tqdm(total=len(tasks), desc="preprocess", unit="video", disable=not dist_utils.is_main_process())
         remaining = {task["clip_id"]: task for task in tasks}
         try:
             if workers > 1:
@@ -584,8 +580,6 @@ def _log_entry(entry):
 def run_on_main_process(work, group):
     """work() on rank 0, its result on every rank; a TalkingFaceError there is raised on every rank
     (the others would otherwise wait for rank 0 until the group's timeout)."""
-    from talkingface.utils import distributed as dist_utils   # torch: see HyperLipsBasePreprocessor.run
-
     result = None
     if dist_utils.is_main_process():
         try:

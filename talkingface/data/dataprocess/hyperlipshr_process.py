@@ -20,12 +20,10 @@ folders of other Base checkpoints.
     <clip_id>/
         GT_IMG/k.jpg           original face crop at img_size (BGR)
         GT_MASK/k.png          mouth polygon from the mesh of GT_IMG, img_size, {0,255}
-        GT_SKETCH/k.png        sketch of GT_IMG at img_size (kept for inspection; not a loss input)
         HYPER_IMG/k.png        Base output for the same crop box, stored at its native 128 px
         HYPER_SKETCH/k.png     sketch of HYPER_IMG at 128 px (draw_sketch, 6 px lines)
         lip_boxes.npy          int32 (n, 4) x1, y1, x2, y2 (x2/y2 exclusive) in img_size pixels;
                                the default lower-face box where the mask is empty
-        gt_landmarks.npy, hyper_landmarks.npy   float32 (n, 468, 2), NaN where no face at all
         meta.json              n_frames and which frames had their landmarks interpolated
         .done                  written last: what the clip was made from
 Frames k = 0..n-1 with no gaps. Masks and sketches are PNG because JPEG ringing around white lines
@@ -58,7 +56,6 @@ from talkingface.utils.fingerprint import checkpoint_fingerprint
 from talkingface.utils.registry import PREPROCESSORS
 from talkingface.utils.runtime import use_bf16
 from talkingface.utils.sketch import draw_sketch, lip_box, lip_mask
-from talkingface.utils.video import iter_frames
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +138,7 @@ def iter_gt_frames(clip, img_size, data_root):
     base_size = stored_crop_size(clip)
     if base_size >= img_size:
         return (clip.frame(k, img_size) for k in range(clip.n_frames)), "base_crops"
-    source = _source_path(clip, data_root)
+    source = clip.source_video(data_root)
     if source is None:
         logger.warning("%s: source video not found; GT_IMG upscaled from the %d px Base crops", clip.id, base_size)
         return (clip.frame(k, img_size) for k in range(clip.n_frames)), "upscaled"
@@ -149,21 +146,12 @@ def iter_gt_frames(clip, img_size, data_root):
 
 
 def _recut_frames(clip, source, img_size):
-    first, n, k = int(clip.meta.get("first_frame", 0)), clip.n_frames, 0
-    frames = iter_frames(source, fps=clip.fps)
-    try:
-        for index, frame in enumerate(frames):
-            if index >= first + n:
-                break
-            if index >= first:
-                yield crop_resize(frame, clip.boxes[k], img_size)
-                k += 1
-    finally:
-        if hasattr(frames, "close"):
-            frames.close()  # releases the decoder now
-    if k < n:  # the source decodes shorter than when it was preprocessed
-        logger.warning("%s: source video ended early; last %d GT frames upscaled", clip.id, n - k)
-        for j in range(k, n):
+    k = 0
+    for k, frame in enumerate(clip.source_frames(source), start=1):
+        yield crop_resize(frame, clip.boxes[k - 1], img_size)
+    if k < clip.n_frames:  # the source decodes shorter than when it was preprocessed
+        logger.warning("%s: source video ended early; last %d GT frames upscaled", clip.id, clip.n_frames - k)
+        for j in range(k, clip.n_frames):
             yield clip.frame(j, img_size)
 
 
@@ -176,16 +164,6 @@ def stored_crop_size(clip):
     if image is None:
         raise InputError(f"cannot read {path}: delete {clip.dir}/.done and run again to redo the clip")
     return image.shape[0]
-
-
-def _source_path(clip, data_root):
-    source = clip.meta.get("source")
-    if not source:
-        return None
-    for candidate in (source, os.path.join(data_root, source)):
-        if os.path.isfile(candidate):
-            return candidate
-    return None
 
 
 # ---------------------------------------------------------------------------- one clip
@@ -245,15 +223,11 @@ def write_hr_clip(job):
             empty_masks += 1
             box = default_lip_box(size)
         boxes[k] = box
-        gt_sketch = draw_sketch(gt_lm, size) if gt_lm is not None else np.zeros((size, size, 3), np.uint8)
         hyper_sketch = (draw_sketch(hyper_lm, BASE_SIZE) if hyper_lm is not None
                         else np.zeros((BASE_SIZE, BASE_SIZE, 3), np.uint8))
         cv2.imwrite(frame_path(out_dir, "GT_MASK", k), mask)
-        cv2.imwrite(frame_path(out_dir, "GT_SKETCH", k), gt_sketch)
         cv2.imwrite(frame_path(out_dir, "HYPER_SKETCH", k), hyper_sketch)
     np.save(os.path.join(out_dir, "lip_boxes.npy"), boxes)
-    np.save(os.path.join(out_dir, "gt_landmarks.npy"), gt_landmarks)
-    np.save(os.path.join(out_dir, "hyper_landmarks.npy"), hyper_landmarks)
     summary = {"n_frames": n, "img_size": size, "gt_source": gt_source,
                "gt_landmarks_interpolated": gt_missing if len(gt_missing) < n else "all",
                "hyper_landmarks_interpolated": hyper_missing if len(hyper_missing) < n else "all",

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 
 from talkingface.utils.errors import InputError
+from talkingface.utils.video import iter_frames
 
 DONE_MARKER = ".done"
 SPLITS = ("train", "val", "test")
@@ -68,6 +69,28 @@ class Clip:
     def frames(self, start, count, size=None):
         """Frames start .. start+count-1 as uint8 (count, size, size, 3)."""
         return np.stack([self.frame(k, size) for k in range(start, start + count)])
+
+    def source_video(self, data_root):
+        """The video this clip was cut from: meta "source", else data_root/"source_rel"; None when
+        neither is a file (the dataset was moved without its videos)."""
+        source, relative = self.meta.get("source"), self.meta.get("source_rel")
+        candidates = [source, source and os.path.join(data_root, source), relative and os.path.join(data_root, relative)]
+        return next((path for path in candidates if path and os.path.isfile(path)), None)
+
+    def source_frames(self, path):
+        """The clip's full frames, decoded from its source video `path` at the clip's fps: frames
+        first_frame .. first_frame + n_frames - 1 (fewer when the video now decodes shorter)."""
+        first = int(self.meta.get("first_frame", 0))
+        decoded = iter_frames(path, fps=self.fps)
+        try:
+            for index, frame in enumerate(decoded):
+                if index >= first + self.n_frames:
+                    break
+                if index >= first:
+                    yield frame
+        finally:
+            if hasattr(decoded, "close"):   # (an image source is a plain iterator)
+                decoded.close()  # releases the decoder now, not when garbage-collected
 
     def __len__(self):
         return self.n_frames
