@@ -55,6 +55,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_preprocess.py
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_inference.py
+	$(PY) benchmarks/bench_stream.py
+	$(PY) benchmarks/bench_generator.py
 
 clean:
 	rm -rf dataset/demo checkpoints/demo results/demo
