@@ -1,10 +1,10 @@
 """HyperLipsBase `generate` on the CPU: time per stage in fp32, and what bf16 and int8 change.
 
     python benchmarks/bench_generator.py [--checkpoint PATH] [--audio A] [--batch 8] [--repeats 5]
-                                         [--calibration 4] [--engine x86] [--threads N]
+                                         [--calibration 2] [--engine x86] [--threads N]
 
-Inputs: 128 px face crops of the demo photograph whose mouth opens with the audio (the recipe of
-harness.synthetic_talking_video, rendered at crop size), masked and paired with the first crop
+Inputs: infer_int8's calibration inputs, 128 px face crops of the demo photograph whose mouth
+opens with the audio (the recipe of harness.synthetic_talking_video, rendered at crop size), masked and paired with the first crop
 as reference (reference_frame=first), and the frames' mel chunks of a synthetic speech track
 (or --audio). Weights: random init (seed 0), or --checkpoint loaded as inference loads it. The
 network runs in eval mode and channels-last, as talkingface/inference/render.py runs it.
@@ -19,16 +19,15 @@ batch and of its worst crop (dB; 100 = identical), and the speed-up of the whole
 (wall time). PSNR depends on the weights: with random init the crops vary little
 (fp32.output_std_levels), so measure a trained checkpoint before trusting a margin.
   bf16: torch.autocast(bfloat16) around generate, features cast to bf16 (as infer_bf16 runs it);
-  int8: post-training static quantization (FX graph mode, the --engine backend's default qconfig)
-        of full_res as ONE graph, so that its activations stay int8 between the convolutions.
+  int8: infer_int8's post-training static quantization (talkingface/inference/int8.py: FX graph
+        mode, min-max calibrated 7-bit activations, per-channel int8 weights) of full_res as ONE
+        graph, so that its activations stay int8 between the convolutions.
 Prints one JSON object. Figures and the verdict: docs/benchmarks.md.
 """
 import argparse
 import contextlib
-import copy
 import os
 import time
-import warnings
 
 import harness
 
@@ -36,50 +35,19 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as run_talkingface.py: id
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from torch import nn  # noqa: E402
 
 PSNR_RULE_DB = 40.0
 STAGES = ("hyper_control_net", "decoder", "decoder.decode0", "up_conv", "output_block")
-# torch.ao.quantization's own deprecation notices, nothing else
-for message, category in (("torch.ao.quantization is deprecated", DeprecationWarning),
-                          ("Please use quant_min and quant_max", UserWarning),
-                          ("torch.quantize_per_tensor, torch.quantize_per_channel", UserWarning)):
-    warnings.filterwarnings("ignore", message=message, category=category)
-
-
-class FullRes(nn.Module):
-    """decoder.decode0 -> up_conv -> output_block, the model's own modules, as one graph to quantize."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.decode0, self.up_conv, self.output_block = model.decoder.decode0, model.up_conv, model.output_block
-
-    def forward(self, x, source):
-        return self.output_block(self.up_conv(self.decode0(x, source)))
 
 
 def make_batches(model, args):
-    """[(audio, face, features)] of consecutive frames, args.calibration + 1 batches."""
-    from talkingface.data.dataprocess import demo
-    from talkingface.model.inputs import masked_input
-    from talkingface.utils.audio import FPS, SAMPLE_RATE, frame_mel_chunks, load_audio, melspectrogram
+    """[(audio, face, features)] of consecutive frames, args.calibration + 1 batches: infer_int8's
+    calibration inputs (talkingface/inference/int8.py), driven by --audio when given."""
+    from talkingface.inference.int8 import calibration_batches
+    from talkingface.utils.audio import load_audio
 
-    n = args.batch * (args.calibration + 1)
-    rng = np.random.default_rng(demo.BASE_SEED)
-    wav = load_audio(args.audio) if args.audio else demo.synthesize_speech(n / FPS + 1, rng)
-    wav = np.tile(wav, int(np.ceil((n / FPS + 1) * SAMPLE_RATE / len(wav))))
-    openness, photo = demo.frame_openness(wav, n), demo.astronaut_bgr()
-    crops = np.stack([demo.render_frame(photo, float(openness[k]), (2.0 * np.sin(0.6 * np.pi * k / FPS), 0.0), 128)
-                      for k in range(n)])
-    crops = torch.from_numpy(crops).permute(0, 3, 1, 2).float().div(255)
-    face = masked_input(crops, crops[:1]).contiguous(memory_format=torch.channels_last)
-    audio = torch.from_numpy(frame_mel_chunks(melspectrogram(wav), n))[:, None]
-    batches = []
-    with torch.inference_mode():
-        for start in range(0, n, args.batch):
-            part = slice(start, start + args.batch)
-            batches.append((audio[part], face[part], model.encode_face(face[part])))
-    return batches
+    wav = load_audio(args.audio) if args.audio else None
+    return calibration_batches(model, args.calibration + 1, args.batch, wav)
 
 
 def generate_timed(model, batch, bf16):
@@ -133,24 +101,12 @@ def psnr(crops, reference):
 
 
 def int8_model(model, calibration, engine):
-    """A copy of `model` whose full_res part is one int8 graph calibrated on its inputs in `calibration`."""
-    from torch.ao.quantization import get_default_qconfig_mapping
-    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+    """infer_int8's quantized copy of `model` (talkingface/inference/int8.py), calibrated on
+    `calibration`, and a description of what runs in int8."""
+    from talkingface.inference.int8 import quantize_full_resolution
 
-    seen = []
-    hook = model.decoder.decode0.register_forward_pre_hook(lambda m, args: seen.append(args))
-    with torch.inference_mode():
-        for audio, face, features in calibration:
-            model.generate(audio, face, features)
-    hook.remove()
-    torch.backends.quantized.engine = engine
-    prepared = prepare_fx(FullRes(copy.deepcopy(model)).eval(), get_default_qconfig_mapping(engine), seen[0])
-    with torch.inference_mode():
-        for args in seen:
-            prepared(*args)
-    part = convert_fx(prepared)
-    quantized = copy.deepcopy(model)
-    quantized.decoder.decode0, quantized.up_conv, quantized.output_block = part, nn.Identity(), nn.Identity()
+    quantized = quantize_full_resolution(model, calibration, engine)
+    part = quantized.decoder.decode0
     ops = [str(type(part.get_submodule(n.target)) if n.op == "call_module" else n.target)
            for n in part.graph.nodes if n.op in ("call_module", "call_function")]
     convs = [op for op in ops if "conv" in op.lower()]
@@ -169,7 +125,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per variant (the fastest counts)")
     parser.add_argument("--engine", default="x86", choices=["x86", "fbgemm", "onednn"],
                         help="quantized engine of int8 (x86 picks fbgemm or oneDNN kernels per op)")
-    parser.add_argument("--calibration", type=int, default=4, help="batches that calibrate int8")
+    parser.add_argument("--calibration", type=int, default=2, help="batches that calibrate int8 (infer_int8 uses 2)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's own choice)")
     args = parser.parse_args()
     from talkingface.inference.networks import load_checked

@@ -1,7 +1,7 @@
 """End-to-end --mode=infer throughput and peak memory, with random-init network weights.
 
     python benchmarks/bench_inference.py [--video V] [--audio A] [--seconds 10] [--modes base hr]
-                                         [--avatar-cache] [--memory-check] [--device cpu] [--threads N]
+                                         [--avatar-cache] [--int8] [--memory-check] [--device cpu] [--threads N]
 
 Without --video, a synthetic 1280x720 talking-face clip (benchmarks/harness.py) is made in the
 temporary folder and drives itself; pass a real clip to measure on your footage.
@@ -21,6 +21,8 @@ overlap the main thread's, so they may add up to more than wall_ms_per_frame.
 --avatar-cache also runs each mode with avatar_cache=refresh (the first run: the avatar is built)
 and then avatar_cache=on with another audio of the same length (the warm run), and reports
 warm_speedup = warm frames_per_s / first-run (cache off) frames_per_s, and the same for CPU time.
+--int8 also runs each mode with infer_int8=true (talkingface/inference/int8.py; quantizing at load
+time is counted) and reports int8_speedup the same way.
 --memory-check also runs Base with 5 s and 20 s of audio (20 s loops the video ping-pong) and
 prints their peak RSS: streaming keeps them about equal.
 Prints one JSON object per run, and a summary list at the end.
@@ -75,7 +77,7 @@ def child(args):
         save_wav(audio, wav[::-1].copy() if warm else wav)
     overrides = dict(mode="infer", device=args.device, video=args.video, audio=audio,
                      output=os.path.join(tmp, f"out_{args.mode}_{args.seconds:g}.mp4"), avatar_cache=args.cache,
-                     avatar_cache_dir=os.path.join(tmp, "avatars"))
+                     avatar_cache_dir=os.path.join(tmp, "avatars"), infer_int8=args.int8_run)
     if args.mode == "base":
         config = Config(model="HyperLipsBase", dataset="demo", config_dict=dict(overrides, checkpoint=base_path))
     else:
@@ -89,7 +91,8 @@ def child(args):
     seconds = time.perf_counter() - start
     cpu = harness.cpu_seconds() - cpu_before
     harness.print_child_result({
-        "mode": "HR 128" if args.mode == "hr" else "Base", "avatar_cache": args.cache, "frames": result.n_frames,
+        "mode": "HR 128" if args.mode == "hr" else "Base", "avatar_cache": args.cache, "int8": args.int8_run,
+        "frames": result.n_frames,
         "seconds": round(seconds, 2), "frames_per_s": round(result.n_frames / seconds, 2),
         "peak_rss_mb": harness.peak_rss_mb(), "audio_seconds": args.seconds,
         "video": os.path.basename(args.video), "cpu_ms_per_frame": round(1000 * cpu / result.n_frames, 1),
@@ -97,10 +100,10 @@ def child(args):
         "load_average_1min": harness.load_average(), "profile": profiler.report()})
 
 
-def run_child(args, mode, seconds, tmp, cache="off"):
+def run_child(args, mode, seconds, tmp, cache="off", int8=False):
     result = harness.run_child(__file__, "--child", "--mode", mode, "--seconds", seconds, "--video", args.video,
                                "--audio", args.audio, "--device", args.device, "--tmp", tmp,
-                               "--threads", args.threads, "--cache", cache)
+                               "--threads", args.threads, "--cache", cache, *(["--int8-run"] if int8 else []))
     harness.print_child_result(result)
     return result
 
@@ -111,7 +114,10 @@ def main():
     parser.add_argument("--memory-check", action="store_true", help="also compare peak RSS at 5 s and 20 s")
     parser.add_argument("--avatar-cache", action="store_true",
                         help="also time a run that builds the avatar cache and a warm run with another audio")
+    parser.add_argument("--int8", action="store_true",
+                        help="also time each mode with infer_int8=true (the generator's 128x128 part in int8)")
     parser.add_argument("--cache", default="off", help=argparse.SUPPRESS)
+    parser.add_argument("--int8-run", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(args)
@@ -126,6 +132,12 @@ def main():
         for mode in args.modes:
             first = run_child(args, mode, args.seconds, tmp)
             results.append(first)
+            if args.int8:
+                int8 = run_child(args, mode, args.seconds, tmp, int8=True)
+                results.append(int8)
+                report.setdefault("int8_speedup", {})[first["mode"]] = {
+                    "frames_per_s": round(int8["frames_per_s"] / first["frames_per_s"], 2),
+                    "cpu_ms_per_frame": round(first["cpu_ms_per_frame"] / int8["cpu_ms_per_frame"], 2)}
             if args.avatar_cache:
                 results.append(run_child(args, mode, args.seconds, tmp, "refresh"))
                 warm = run_child(args, mode, args.seconds, tmp, "on")

@@ -260,3 +260,30 @@ def test_mode_stream_through_a_pipe(clip, random_base_checkpoint, tmp_path):
     proc = subprocess.run(command[:6] + ["--video=missing.mp4"] + command[7:], input=b"", capture_output=True,
                           cwd=tmp_path, timeout=300)
     assert proc.returncode == 2 and proc.stderr.decode().strip().splitlines()[-1].startswith("error: video not found")
+
+
+def test_int8_keeps_the_generator_within_40_db_of_fp32(syncer):
+    from talkingface.inference.int8 import calibration_batches, quantize_full_resolution
+    from talkingface.model.inputs import to_uint8_images
+    model = syncer.base
+    batches = calibration_batches(model, n_batches=2, batch_size=4)
+    quantized = quantize_full_resolution(model, batches[:1])
+    assert any("quantized" in type(m).__module__ for m in quantized.decoder.decode0.modules())
+    assert not any("quantized" in type(m).__module__ for m in model.modules())   # the model is left as it was
+    audio, face, features = batches[1]   # held out from the calibration
+    with torch.inference_mode():
+        reference = to_uint8_images(model.generate(audio, face, features)).astype(np.float64)
+        int8 = to_uint8_images(quantized.generate(audio, face, features)).astype(np.float64)
+    mse = ((reference - int8) ** 2).mean()
+    assert 0 < mse and 10 * np.log10(255 ** 2 / mse) >= 40
+
+
+@pytest.mark.slow
+def test_int8_runs_through_the_pipeline_on_the_cpu_only(syncer, clip):
+    from talkingface.utils.errors import ConfigError
+    video, wav = clip
+    fp32 = syncer.run(video, wav[:3200])
+    int8 = syncer.run(video, wav[:3200], infer_int8=True)
+    assert len(int8.frames) == len(fp32.frames) and not _same(int8.frames, fp32.frames)
+    with pytest.raises(ConfigError, match="exclude each other"):
+        syncer.run(video, wav[:3200], infer_int8=True, infer_bf16=True)

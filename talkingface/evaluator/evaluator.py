@@ -40,7 +40,6 @@ from talkingface.utils.face import crop_resize
 from talkingface.utils.files import write_json_atomic
 from talkingface.utils.fingerprint import checkpoint_fingerprint
 from talkingface.utils.run_record import run_record, toolkit_commit
-from talkingface.utils.runtime import use_bf16
 from talkingface.utils.seed import init_seed
 from talkingface.utils.tracking import tracker_settings
 from talkingface.utils.video import read_frames
@@ -144,9 +143,10 @@ class Evaluator:
         n_videos = int(config["eval_num_sample_videos"] or 0)
         metrics, skipped = build_metrics(config, config["metrics"])
         commit, modified = toolkit_commit()
+        bf16, int8 = syncer.precision(config)
         facts = {"model": config["model"], "dataset": config["dataset"], "split": split,
                  **(provenance or {}), "reference_frame": config["reference_frame"],
-                 "precision": "bf16" if use_bf16(config["infer_bf16"], syncer.device) else "fp32",
+                 "precision": "int8" if int8 else "bf16" if bf16 else "fp32",
                  "crop_size": int(config["crop_size"]), "tracker": tracker_settings(config),
                  "max_clips": int(config["eval_max_clips"] or 0) or None,
                  "max_frames_per_clip": int(config["eval_max_frames"] or 0) or None,

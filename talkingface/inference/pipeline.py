@@ -54,6 +54,7 @@ from talkingface.inference.render import ENCODER_BATCH, LipSyncRenderer
 from talkingface.inference.source import FrameSource
 from talkingface.inference.stream import LipSyncStream
 from talkingface.inference.features import check_audio_duration, chunked_melspectrogram
+from talkingface.inference.int8 import quantize_full_resolution
 from talkingface.utils.audio import FPS, audio_source_for, load_audio, n_video_frames_for_audio, save_wav
 from talkingface.utils.distributed import is_main_process
 from talkingface.utils.errors import ConfigError, InputError
@@ -224,12 +225,33 @@ class LipSyncer:
         self.device = config["device"]
         # networks: (base, hr or None) already on the device, e.g. a trainer's at the end of training
         self.base, self.hr = networks if networks is not None else (None, None)
+        self._int8_base = None  # the Base with its 128x128 part in int8, made on first use (infer_int8)
 
     def load(self):
         """Load the networks (once); a missing or wrong checkpoint is a one-line CheckpointError."""
         if self.base is None:
             self.base, self.hr = load_inference_networks(self.config, self.device)
         return self
+
+    def precision(self, settings):
+        """(bf16, int8) of a run: infer_int8 runs the rest of the generator in fp32, so it turns
+        infer_bf16=auto off and refuses infer_bf16=true; int8 runs on the CPU only."""
+        int8 = bool(settings["infer_int8"])
+        if int8 and self.device.type != "cpu":
+            raise ConfigError(f"infer_int8 runs on the CPU only (device is {self.device}): set infer_int8=false "
+                              "or --device=cpu")
+        if int8 and settings["infer_bf16"] is True:
+            raise ConfigError("infer_int8 and infer_bf16=true exclude each other: set one of them to false")
+        return (False if int8 else use_bf16(settings["infer_bf16"], self.device)), int8
+
+    def _generator(self, int8):
+        """The Base network a run uses: as loaded, or its int8 copy (quantized once per LipSyncer)."""
+        if not int8:
+            return self.base
+        if self._int8_base is None:
+            logger.info("infer_int8: quantizing the Base generator's 128x128 part (once per loaded model)")
+            self._int8_base = quantize_full_resolution(self.base)
+        return self._int8_base
 
     def run(self, video, audio, output=None, progress=None, profiler=None, **overrides):
         """Lip-sync `video` to `audio`; returns an InferenceResult.
@@ -249,7 +271,7 @@ class LipSyncer:
         batch_size = int(settings["infer_batch_size"])
         if batch_size < 1:
             raise ConfigError(f"infer_batch_size must be >= 1 (got {batch_size})")
-        bf16 = use_bf16(settings["infer_bf16"], device)
+        bf16, _ = self.precision(settings)
         reference = settings["reference_frame"]
         frame_at = getattr(video, "frame_at", None)  # random access: frames in memory
         if reference == "half_clip" and frame_at is None:
@@ -312,7 +334,7 @@ class LipSyncer:
         if int(settings["infer_batch_size"]) < 1:
             raise ConfigError(f"infer_batch_size must be >= 1 (got {settings['infer_batch_size']})")
         self.load()
-        return LipSyncStream(self, video, settings, use_bf16(settings["infer_bf16"], self.device), profiler)
+        return LipSyncStream(self, video, settings, self.precision(settings)[0], profiler)
 
     def prepare(self, source, settings, n_out, bf16, reference="first", frame_at=None, mel=None,
                 progress=None, profiler=OFF, whole_video=False):
@@ -388,7 +410,7 @@ class LipSyncer:
         return renderer
 
     def _renderer(self, boxes, source, settings, bf16, reference, frame_at, mel, store, profiler):
-        return LipSyncRenderer(self.base, self.hr, mel, boxes, (source.width, source.height), self.device,
+        return LipSyncRenderer(self._generator(settings["infer_int8"]), self.hr, mel, boxes, (source.width, source.height), self.device,
                                batch_size=int(settings["infer_batch_size"]), feather=settings["infer_mask_feather"],
                                landmark_window=settings["infer_landmark_window"], bf16=bf16,
                                reference=reference, frame_at=frame_at, store=store, profiler=profiler)
