@@ -279,7 +279,7 @@ def test_int8_keeps_the_generator_within_40_db_of_fp32(syncer):
 
 
 @pytest.mark.slow
-def test_int8_runs_through_the_pipeline_on_the_cpu_only(syncer, clip):
+def test_int8_runs_through_the_pipeline_and_excludes_bf16(syncer, clip):
     from talkingface.utils.errors import ConfigError
     video, wav = clip
     fp32 = syncer.run(video, wav[:3200])

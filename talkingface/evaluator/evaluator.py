@@ -5,7 +5,7 @@
 
 For each clip (read_filelist) the source video's frames [first_frame, first_frame + n_frames) and
 the clip's own audio go through `LipSyncer.run` (talkingface.inference.pipeline: the one tracker,
-the reference_frame policy, the precision infer_bf16, the networks, the paste-back, the mp4
+the reference_frame policy, the precision infer_bf16/infer_int8, the networks, the paste-back, the mp4
 encoding) into an mp4, as with --mode=infer; its decoded frames and the real frames are then cut
 with the same boxes (the tracker's, found on the real frames) at crop_size and scored; LSE gets
 the output frames cut with syncnet_python's geometry. So a clip's PSNR/SSIM/LMD equal what
@@ -32,7 +32,7 @@ from talkingface.evaluator.report import NON_FINITE_NOTE, format_table, json_saf
 from talkingface.evaluator.syncnet_v2 import syncnet_crop_geometry, syncnet_crops
 from talkingface.inference.arrays import ArraySource
 from talkingface.inference.networks import checkpoint_paths, load_inference_networks
-from talkingface.inference.pipeline import LipSyncer
+from talkingface.inference.pipeline import LipSyncer, precision
 from talkingface.utils.audio import FPS, SAMPLES_PER_FRAME, load_audio
 from talkingface.utils.distributed import is_main_process
 from talkingface.utils.errors import InputError
@@ -143,7 +143,7 @@ class Evaluator:
         n_videos = int(config["eval_num_sample_videos"] or 0)
         metrics, skipped = build_metrics(config, config["metrics"])
         commit, modified = toolkit_commit()
-        bf16, int8 = syncer.precision(config)
+        bf16, int8 = precision(config, syncer.device)
         facts = {"model": config["model"], "dataset": config["dataset"], "split": split,
                  **(provenance or {}), "reference_frame": config["reference_frame"],
                  "precision": "int8" if int8 else "bf16" if bf16 else "fp32",

@@ -13,7 +13,9 @@ Calibration runs on fixed inputs made here (the demo photograph's face with its 
 synthetic speech, data.dataprocess.demo), so the quantized network depends on the checkpoint
 only, never on the video or the audio of a run. `python benchmarks/bench_generator.py
 --checkpoint PATH` measures its speed and its PSNR against fp32 for a given checkpoint: the
-margin shrinks as weights train, so measure yours before turning it on.
+margin shrinks as weights train, so measure yours before turning it on. torch.ao.quantization
+announces its own deprecation (silenced here by name); when it goes, this module moves to the
+PT2E quantization flow.
 """
 import copy
 import warnings
@@ -23,6 +25,7 @@ import torch
 from torch import nn
 
 from talkingface.data.dataprocess import demo
+from talkingface.data.dataset.hr_layout import BASE_SIZE
 from talkingface.model.inputs import masked_input
 from talkingface.utils.audio import FPS, SAMPLE_RATE, frame_mel_chunks, melspectrogram
 from talkingface.utils.errors import ConfigError
@@ -54,7 +57,8 @@ def calibration_batches(model, n_batches=2, batch_size=8, wav=None):
         wav = demo.synthesize_speech(n / FPS + 1, np.random.default_rng(demo.BASE_SEED))
     wav = np.tile(wav, int(np.ceil((n / FPS + 1) * SAMPLE_RATE / len(wav))))
     openness, photo = demo.frame_openness(wav, n), demo.astronaut_bgr()
-    crops = np.stack([demo.render_frame(photo, float(openness[k]), (2.0 * np.sin(0.6 * np.pi * k / FPS), 0.0), 128)
+    crops = np.stack([demo.render_frame(photo, float(openness[k]), (2.0 * np.sin(0.6 * np.pi * k / FPS), 0.0),
+                                         BASE_SIZE)
                       for k in range(n)])
     crops = torch.from_numpy(crops).permute(0, 3, 1, 2).float().div(255)
     face = masked_input(crops, crops[:1]).contiguous(memory_format=torch.channels_last)

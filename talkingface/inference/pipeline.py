@@ -233,17 +233,6 @@ class LipSyncer:
             self.base, self.hr = load_inference_networks(self.config, self.device)
         return self
 
-    def precision(self, settings):
-        """(bf16, int8) of a run: infer_int8 runs the rest of the generator in fp32, so it turns
-        infer_bf16=auto off and refuses infer_bf16=true; int8 runs on the CPU only."""
-        int8 = bool(settings["infer_int8"])
-        if int8 and self.device.type != "cpu":
-            raise ConfigError(f"infer_int8 runs on the CPU only (device is {self.device}): set infer_int8=false "
-                              "or --device=cpu")
-        if int8 and settings["infer_bf16"] is True:
-            raise ConfigError("infer_int8 and infer_bf16=true exclude each other: set one of them to false")
-        return (False if int8 else use_bf16(settings["infer_bf16"], self.device)), int8
-
     def _generator(self, int8):
         """The Base network a run uses: as loaded, or its int8 copy (quantized once per LipSyncer)."""
         if not int8:
@@ -271,7 +260,7 @@ class LipSyncer:
         batch_size = int(settings["infer_batch_size"])
         if batch_size < 1:
             raise ConfigError(f"infer_batch_size must be >= 1 (got {batch_size})")
-        bf16, _ = self.precision(settings)
+        bf16, _ = precision(settings, device)
         reference = settings["reference_frame"]
         frame_at = getattr(video, "frame_at", None)  # random access: frames in memory
         if reference == "half_clip" and frame_at is None:
@@ -334,7 +323,7 @@ class LipSyncer:
         if int(settings["infer_batch_size"]) < 1:
             raise ConfigError(f"infer_batch_size must be >= 1 (got {settings['infer_batch_size']})")
         self.load()
-        return LipSyncStream(self, video, settings, self.precision(settings)[0], profiler)
+        return LipSyncStream(self, video, settings, precision(settings, self.device)[0], profiler)
 
     def prepare(self, source, settings, n_out, bf16, reference="first", frame_at=None, mel=None,
                 progress=None, profiler=OFF, whole_video=False):
@@ -430,6 +419,19 @@ class LipSyncer:
                 "reference": reference, "base_weights": digest.hexdigest(), "bf16": bool(bf16),
                 "device": self.device.type, "encoder_batch": ENCODER_BATCH, "torch": torch.__version__,
                 "mediapipe": mediapipe.__version__, "opencv": cv2.__version__}
+
+
+def precision(settings, device):
+    """(bf16, int8) of a run with `settings` (a Config or a run's settings) on `device`: infer_int8
+    runs the rest of the generator in fp32, so it turns infer_bf16=auto off and refuses
+    infer_bf16=true; int8 runs on the CPU only."""
+    int8 = bool(settings["infer_int8"])
+    if int8 and device.type != "cpu":
+        raise ConfigError(f"infer_int8 runs on the CPU only (device is {device}): set infer_int8=false "
+                          "or --device=cpu")
+    if int8 and settings["infer_bf16"] is True:
+        raise ConfigError("infer_int8 and infer_bf16=true exclude each other: set one of them to false")
+    return (False if int8 else use_bf16(settings["infer_bf16"], device)), int8
 
 
 def _timed(profiler, stage, function, *args):
