@@ -94,8 +94,9 @@ def quantize_full_resolution(model, batches=None, engine=ENGINE):
     with warnings.catch_warnings():
         for message, category in _API_NOTICES:
             warnings.filterwarnings("ignore", message=message, category=category)
-        prepared = prepare_fx(FullResolution(copy.deepcopy(model)).eval(), QConfigMapping().set_global(qconfig),
-                              seen[0])
+        # the output head's sigmoid stays fp32: an int8 sigmoid has a fixed 1/256 step, a level of the image
+        mapping = QConfigMapping().set_global(qconfig).set_object_type(nn.Sigmoid, None)
+        prepared = prepare_fx(FullResolution(copy.deepcopy(model)).eval(), mapping, seen[0])
         with torch.inference_mode():
             for args in seen:
                 prepared(*args)
