@@ -1,12 +1,13 @@
 """infer_int8: the HyperLipsBase generator's 128x128 part as one int8 graph, on the CPU.
 
-That part (decoder.decode0, up_conv, output_block: six 3x3 convolutions and the output head) is
-most of the generator's time per frame. It is quantized post-training and statically (FX graph
+That part (decoder.decode0, up_conv, output_block: five 3x3 convolutions and the 1x1 output
+convolution) is most of the generator's time per frame. It is quantized post-training and statically (FX graph
 mode, x86 engine) as ONE graph, so its activations stay int8 between the convolutions:
 per-channel symmetric int8 weights, activations at 7 bits (what AVX2 CPUs without VNNI multiply
-without overflow) over the min-max range seen in calibration. Min-max keeps more PSNR than the
-engine's default histogram observer (which clips outliers) and calibrates ~8x faster:
-`python benchmarks/bench_generator.py` reports the PSNR of exactly this function. The rest stays fp32: hyper_control_net's kernels are predicted per sample from
+without overflow) over the min-max range seen in calibration (the engine's default histogram
+observer clips outliers, which the decoder's activations tolerate less well, and calibrates
+slower). `python benchmarks/bench_generator.py` reports the PSNR of exactly this function.
+The rest stays fp32: hyper_control_net's kernels are predicted per sample from
 the audio (no fixed weights to quantize), and the stages below 128x128 cost little.
 
 Calibration runs on fixed inputs made here (the demo photograph's face with its mouth opening to
