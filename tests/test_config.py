@@ -259,11 +259,11 @@ def test_every_model_builds_with_every_dataset():
 # --- typed values ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("key, value, message", [
-    ("infer_batch_size", "abc", "infer_batch_size must be an integer >= 1 (got 'abc')"),
-    ("max_steps", "abc", "max_steps must be an integer >= 0 (got 'abc')"),
-    ("max_steps", 2.5, "max_steps must be an integer >= 0 (got 2.5)"),
-    ("batch_size", 0, "batch_size must be an integer >= 1 (got 0)"),
-    ("num_workers", True, "num_workers must be an integer >= 0 (got true)"),
+    ("infer_batch_size", "abc", "infer_batch_size must be an integer >= 1 and <= 4096 (got 'abc')"),
+    ("max_steps", "abc", "max_steps must be an integer >= 0 and <= 2147483647 (got 'abc')"),
+    ("max_steps", 2.5, "max_steps must be an integer >= 0 and <= 2147483647 (got 2.5)"),
+    ("batch_size", 0, "batch_size must be an integer >= 1 and <= 4096 (got 0)"),
+    ("num_workers", True, "num_workers must be an integer >= 0 and <= 256 (got true)"),
     ("learning_rate", 0, "learning_rate must be a number > 0 (got 0)"),
     ("learning_rate", ".inf", "learning_rate must be a number > 0 (got inf)"),
     ("val_ratio", 1.0, "val_ratio must be a number >= 0 and < 1 (got 1.0)"),
@@ -289,7 +289,7 @@ def test_bad_values_are_one_line(key, value, message):
 def test_bad_value_in_a_config_file_is_found_too(tmp_path):
     extra = tmp_path / "extra.yaml"
     extra.write_text("eval_interval: often\n")
-    with pytest.raises(ConfigError, match="eval_interval must be an integer >= 1 .got 'often'."):
+    with pytest.raises(ConfigError, match="eval_interval must be an integer >= 1 and <= 2147483647 .got 'often'."):
         Config(model="HyperLipsBase", dataset="demo", config_files=[str(extra)])
 
 
@@ -322,8 +322,8 @@ def test_values_the_networks_fix_are_rejected_with_the_reason(model, key, value,
 
 @pytest.mark.parametrize("argv, message", [
     (["--model=HyperLipsBase", "--mode=infer", "--infer_batch_size=abc", "--video=v.mp4", "--audio=a.wav"],
-     "error: infer_batch_size must be an integer >= 1 (got 'abc')"),
-    (["--model=SyncNet", "--max_steps=abc"], "error: max_steps must be an integer >= 0 (got 'abc')"),
+     "error: infer_batch_size must be an integer >= 1 and <= 4096 (got 'abc')"),
+    (["--model=SyncNet", "--max_steps=abc"], "error: max_steps must be an integer >= 0 and <= 2147483647 (got 'abc')"),
     (["--model=SyncNet", "--gan_weight=0"],
      "error: gan_weight is a setting of HyperLipsBase, HyperLipsHR, not of SyncNet: remove it from the command line"),
     (["--model=HyperLipsHR", "--img_size=300"], "error: img_size of HyperLipsHR must be one of 128, 256, 512 (got 300)"),
@@ -340,3 +340,139 @@ def test_the_entry_point_takes_its_modes_from_the_config():
     assert not hasattr(run_talkingface, "MODES")
     for mode in MODES:
         assert parse_args(["--model=SyncNet", f"--mode={mode}"])[0].mode == mode
+
+
+# --- values out of reach: huge numbers, unreadable files, long values -----------------------------
+
+@pytest.mark.parametrize("key, text, message", [
+    ("infer_batch_size", "1e30", "infer_batch_size must be an integer >= 1 and <= 4096 (got 1e+30)"),
+    ("max_steps", "1e30", "max_steps must be an integer >= 0 and <= 2147483647 (got 1e+30)"),
+    ("batch_size", "5000", "batch_size must be an integer >= 1 and <= 4096 (got 5000)"),
+    ("num_workers", "1000", "num_workers must be an integer >= 0 and <= 256 (got 1000)"),
+    ("seed", str(2 ** 32), "seed must be an integer >= 0 and <= 2147483647 (got 4294967296)"),
+    ("split_seed", str(2 ** 32), "split_seed must be an integer >= 0 and <= 4294967295 (got 4294967296)"),
+    ("avatar_cache_mb", "1e9", "avatar_cache_mb must be an integer >= 1 and <= 1048576 (got 1000000000.0)"),
+])
+def test_integers_have_a_ceiling(key, text, message):
+    with pytest.raises(ConfigError) as error:
+        Config(model="HyperLipsHR", dataset="demo", config_dict={key: parse_value(text)})
+    assert str(error.value) == message
+
+
+def test_a_huge_float_in_a_config_file_is_out_of_range(tmp_path):
+    extra = tmp_path / "huge.yaml"
+    extra.write_text("infer_batch_size: 1.0e+308\n")
+    with pytest.raises(ConfigError) as error:
+        Config(model="HyperLipsBase", dataset="demo", config_files=[str(extra)])
+    assert str(error.value) == "infer_batch_size must be an integer >= 1 and <= 4096 (got 1e+308)"
+
+
+def test_a_number_of_too_many_digits_is_one_line(tmp_path):
+    digits = "1" * 5000
+    extra = tmp_path / "digits.yaml"
+    extra.write_text(f"log_level: INFO\nseed: {digits}\n")
+    with pytest.raises(ConfigError) as error:
+        Config(model="HyperLipsBase", dataset="demo", config_files=[str(extra)])
+    assert str(error.value) == f"config file {extra}: a number there has more than 4300 digits"
+    with pytest.raises(ConfigError) as error:   # the command line: the key is named
+        Config(model="HyperLipsBase", dataset="demo", config_dict={"seed": parse_value(digits)})
+    message = str(error.value)
+    assert message.startswith("seed must be an integer >= 0") and "(5000 characters)" in message
+    assert len(message) < 300
+    with pytest.raises(ConfigError, match=r"^seed must be .*\(got an integer of about 5000 digits\)$"):
+        Config(model="HyperLipsBase", dataset="demo", config_dict={"seed": 10 ** 4999})
+
+
+def test_values_yaml_cannot_build_are_one_line(tmp_path):
+    assert parse_value("2024-02-30") == "2024-02-30"        # not a date: the text itself
+    assert parse_value("[" * 5000 + "]" * 5000) == "[" * 5000 + "]" * 5000
+    extra = tmp_path / "date.yaml"
+    extra.write_text("output_name: 2024-02-30\n")
+    with pytest.raises(ConfigError, match=r"date.yaml holds a value YAML cannot read \(day is out of range"):
+        load_yaml(str(extra))
+    extra.write_text("adam_betas: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError, match=r"date.yaml is nested too deeply"):
+        load_yaml(str(extra))
+
+
+def test_a_config_file_that_cannot_be_read_is_one_line(tmp_path, monkeypatch):
+    from talkingface.config import configurator
+    binary = tmp_path / "weights.pth"
+    binary.write_bytes(bytes(range(256)) * 4)
+    control = tmp_path / "nul.yaml"
+    control.write_bytes(b"seed: 1\x00\n")
+    cases = [(tmp_path, f"config file {tmp_path} is a folder, not a YAML file"),
+             (binary, f"config file {binary} is not a text YAML file (it is binary or not UTF-8)"),
+             (control, f"config file {control} is not a text YAML file (it holds the control character #x0000)"),
+             (tmp_path / ("x" * 5000), "cannot read config file ")]
+    for path, message in cases:
+        with pytest.raises(ConfigError) as error:
+            Config(model="HyperLipsBase", dataset="demo", config_files=[str(path)])
+        assert str(error.value).startswith(message) and "\n" not in str(error.value) and len(str(error.value)) < 400
+
+    def no_permission(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(configurator, "open", no_permission, raising=False)  # root reads a chmod 000 file
+    with pytest.raises(ConfigError) as error:
+        load_yaml("secret.yaml")
+    assert str(error.value) == "cannot read config file secret.yaml (permission denied)"
+
+
+def test_long_values_are_shortened_in_errors(tmp_path):
+    value = ("a" * 999 + "\n") * 2000       # 2 MB, with newlines
+    checks = [
+        ({"max_steps": value}, "max_steps must be an integer >= 0 and <= 2147483647 (got 'aaaa"),
+        ({"amp": value}, "amp must be one of auto, true, false (got 'aaaa"),
+        ({"adam_betas": [value, value]}, "adam_betas must be a list of 2 values"),
+        ({value: 1}, "unknown config key 'aaaa"),
+        ({"device": value}, "unknown device 'aaaa"),
+    ]
+    for overrides, start in checks:
+        with pytest.raises(ConfigError) as error:
+            Config(model="HyperLipsBase", dataset="demo", config_dict=overrides)
+        message = str(error.value)
+        assert message.startswith(start) and len(message) < 300 and "\n" not in message, message[:400]
+    with pytest.raises(ConfigError) as error:
+        Config(model="HyperLipsBase", dataset="demo", config_dict={"max_steps": value})
+    assert str(error.value).endswith("…' (2000000 characters))")
+    for model, dataset in ((value, "demo"), ("HyperLipsBase", value)):
+        with pytest.raises(ConfigError) as error:
+            Config(model=model, dataset=dataset)
+        assert "(2000000 characters)" in str(error.value) and "\n" not in str(error.value)
+        assert len(str(error.value)) < 600   # the list of names that are available follows
+    extra = tmp_path / "long.yaml"
+    extra.write_text(f"max_steps: {'b' * 2_000_000}\n? {'c' * 2_000_000}\n: 1\n")   # a long key is written '? key'
+    with pytest.raises(ConfigError) as error:
+        Config(model="HyperLipsBase", dataset="demo", config_files=[str(extra)])
+    assert str(error.value).startswith("unknown config key 'cccc") and len(str(error.value)) < 300 + len(str(extra))
+    # a value small in YAML but huge once its aliases are expanded (10**9 leaves) is not expanded
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{n}: &{n} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
+        for p, n in zip("abcdefgh", "bcdefghi")) + "adam_betas: *i\n")
+    with pytest.raises(ConfigError) as error:
+        Config(model="HyperLipsBase", dataset="demo", config_dict={"adam_betas": load_yaml(str(bomb))["adam_betas"]})
+    assert str(error.value).startswith("adam_betas must be a list of 2 values") and len(str(error.value)) < 300
+
+
+def _cli(argv, cwd):
+    return subprocess.run([sys.executable, os.path.join(REPO, "run_talkingface.py"), "--dataset=demo"] + argv,
+                          cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("argv, start", [
+    (["--model=SyncNet", "--max_steps=1e30"], "error: max_steps must be an integer >= 0 and <= 2147483647 (got 1e+30)"),
+    (["--model=SyncNet", "--seed=" + "7" * 5000], "error: seed must be an integer >= 0 and <= 2147483647 (got '777"),
+    (["--model=SyncNet", "--config_files=."], "error: config file . is a folder, not a YAML file"),
+    (["--model=SyncNet", "--config_files=weights.pth"], "error: config file weights.pth is not a text YAML file"),
+    (["--model=SyncNet", "--max_steps=" + "x" * 100_000], "error: max_steps must be an integer"),
+])
+def test_cli_unreadable_or_huge_values_are_one_line(argv, start, tmp_path):
+    (tmp_path / "weights.pth").write_bytes(bytes(range(256)) * 4)
+    result = _cli(argv, tmp_path)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith(start) and len(lines[0]) < 300, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["weights.pth"], "nothing is made before the checks"

@@ -10,11 +10,13 @@ import difflib
 import glob
 import os
 import re
+import sys
 
 import torch
 import yaml
+from yaml.reader import ReaderError
 
-from talkingface.config.schema import check
+from talkingface.config.schema import check, show_path, show_text, show_value
 from talkingface.utils.errors import ConfigError
 
 PROPERTIES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "properties")
@@ -46,26 +48,51 @@ _Loader.add_implicit_resolver(
 
 
 def parse_value(text):
-    """A command-line value as a YAML scalar or flow list: never eval()."""
+    """A command-line value as a YAML scalar or flow list: never eval(). Text YAML cannot make a
+    value of (a number of more than 4300 digits, a date like 2024-02-30, lists nested thousands
+    deep) stays text, and the key's check names the key."""
     try:
         return yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, RecursionError):
         return text
 
 
 def load_yaml(path):
+    name = show_path(path)
     try:
         with open(path, encoding="utf-8") as f:
             data = yaml.load(f, Loader=_Loader) or {}
     except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
+        raise ConfigError(f"config file not found: {name}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {name} is a folder, not a YAML file") from None
+    except PermissionError:
+        raise ConfigError(f"cannot read config file {name} (permission denied)") from None
+    except OSError as exc:  # a name too long, a broken link, a read error
+        raise ConfigError(f"cannot read config file {name} ({exc.strerror or type(exc).__name__})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {name} is not a text YAML file (it is binary or not UTF-8)") from None
+    except ReaderError as exc:
+        what = f"the control character #x{exc.character:04x}" if isinstance(exc.character, int) else "bytes not UTF-8"
+        raise ConfigError(f"config file {name} is not a text YAML file (it holds {what})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
-        raise ConfigError(f"config file {path} is not valid YAML{where}") from None
+        raise ConfigError(f"config file {name} is not valid YAML{where}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {name} is nested too deeply (lists or mappings in one another)") from None
+    except ValueError as exc:  # a scalar YAML reads as a number or date cannot be one
+        raise ConfigError(_unbuildable(name, exc)) from None
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold 'key: value' lines")
+        raise ConfigError(f"config file {name} must hold 'key: value' lines")
     return data
+
+
+def _unbuildable(name, error):
+    """The error line for a scalar YAML resolves to a number or date but cannot build."""
+    if "integer string conversion" in str(error):
+        return f"config file {name}: a number there has more than {sys.get_int_max_str_digits()} digits"
+    return f"config file {name} holds a value YAML cannot read ({' '.join(str(error).split())[:120]})"
 
 
 def _folders(kind):
@@ -116,9 +143,9 @@ class Config:
 
     def __init__(self, model, dataset, config_files=None, config_dict=None):
         if model not in available("model"):
-            raise ConfigError(f"unknown model '{model}'; available: {', '.join(available('model'))}")
+            raise ConfigError(f"unknown model {_name(model)}; available: {', '.join(available('model'))}")
         if dataset not in available("dataset"):
-            raise ConfigError(f"unknown dataset '{dataset}'; available: {', '.join(available('dataset'))} "
+            raise ConfigError(f"unknown dataset {_name(dataset)}; available: {', '.join(available('dataset'))} "
                               f"(a new dataset is one file talkingface/properties/dataset/<name>.yaml, or "
                               f"<name>.yaml in a folder listed in {DATASET_DIRS_ENV})")
         if isinstance(config_files, str):
@@ -129,11 +156,12 @@ class Config:
         defaults.update(layer("model", model))
         missing = [key for key in DATASET_KEYS if key not in defaults]
         if missing:
-            raise ConfigError(f"dataset file {yaml_path('dataset', dataset)} must define {' and '.join(missing)}")
+            raise ConfigError(f"dataset file {show_path(yaml_path('dataset', dataset))} must define "
+                              f"{' and '.join(missing)}")
         self.defaults = defaults
         values = dict(defaults)
         for path in config_files or []:
-            values.update(self._checked(load_yaml(path), path))
+            values.update(self._checked(load_yaml(path), show_path(path)))
         values.update(self._checked(dict(config_dict or {}), "the command line"))
         values = {key: check(key, value, defaults[key], model) for key, value in values.items()}
         values.update(model=model, dataset=dataset, config_files=list(config_files or []))
@@ -143,6 +171,8 @@ class Config:
     def _checked(self, overrides, source):
         """The overrides, when each key is defined for this model and dataset."""
         for key in overrides:
+            if not isinstance(key, str):  # YAML reads `1: x` with the number 1 as key
+                raise ConfigError(f"unknown config key {_name(key)} in {source}: keys are names")
             if key in RUN_KEYS:
                 raise ConfigError(f"{key} is chosen with --{key}, not in {source}")
             if key in self.defaults:
@@ -154,9 +184,9 @@ class Config:
             if datasets:
                 raise ConfigError(f"{key} is a setting of dataset {', '.join(datasets)}, not of {self.dataset}: "
                                   f"remove it from {source}")
-            close = difflib.get_close_matches(key, list(self.defaults), n=1, cutoff=0.6)
+            close = difflib.get_close_matches(key, list(self.defaults), n=1, cutoff=0.6) if len(key) < 200 else []
             hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(f"unknown config key '{key}' in {source}{hint}")
+            raise ConfigError(f"unknown config key {_name(key)} in {source}{hint}")
         return overrides
 
     def _derive(self):
@@ -189,6 +219,11 @@ class Config:
         return "\n".join(f"  {k}: {v}" for k, v in sorted(self.plain().items()))
 
 
+def _name(value):
+    """A name the user gave, quoted and cut short for an error line."""
+    return show_text(value) if isinstance(value, str) else show_value(value)
+
+
 def resolve_device(name):
     if isinstance(name, torch.device):
         return name
@@ -196,8 +231,8 @@ def resolve_device(name):
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device '{name}' asked for, but CUDA is not available; use --device=cpu or auto")
+        raise ConfigError(f"device {_name(name)} asked for, but CUDA is not available; use --device=cpu or auto")
     try:
         return torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N") from None
+        raise ConfigError(f"unknown device {_name(name)}; use auto, cpu, cuda or cuda:N") from None

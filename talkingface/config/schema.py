@@ -3,9 +3,12 @@
 A key's type comes from its default in the YAML files (int, float, bool, string, list; a `~`
 default is a path or null); SPECS below adds ranges, choices and the values the code cannot
 change. `check(key, value, default, model)` returns the value in its type or raises ConfigError.
+Every integer has an upper bound (INT_LIMIT, or less where memory or an index sets one), and an
+error line shows the value cut to about SHOW_LIMIT characters.
 """
 import math
 import os
+import reprlib
 
 from talkingface.utils.errors import ConfigError
 
@@ -14,11 +17,49 @@ MODES = ("train", "evaluate", "preprocess", "infer", "app", "stream")
 _AUTO_BOOL = ("auto", True, False)
 
 
-def _show(value):
-    """The value as the user wrote it in YAML."""
+# A value shown in an error is cut to about this many characters (a 2 MB value is not echoed).
+SHOW_LIMIT = 80
+# Lists and mappings are shown a few items and levels deep: one with aliases (YAML `*a`) may
+# stand for billions of items.
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother = 3, SHOW_LIMIT // 2, SHOW_LIMIT // 2
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = _SHORT.maxfrozenset = 6
+_SHORT.repr_int = lambda value, level: show_value(value)
+
+
+def show_value(value):
+    """The value as the user wrote it in YAML, on one line of at most about SHOW_LIMIT characters."""
     if value is None:
         return "null"
-    return repr(value) if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):
+        return show_text(value)
+    if isinstance(value, int) and value.bit_length() > 3 * SHOW_LIMIT:   # str() refuses > 4300 digits
+        return f"an integer of about {int(math.log10(abs(value))) + 1} digits"
+    text = _SHORT.repr(value) if isinstance(value, (list, tuple, dict, set, frozenset)) else str(value)
+    text = text.replace("\r", "\\r").replace("\n", "\\n")
+    return text if len(text) <= SHOW_LIMIT else text[:SHOW_LIMIT] + "…"
+
+
+def show_text(text, limit=SHOW_LIMIT):
+    """A string quoted as in Python (one line: newlines as \\n), cut to about `limit` characters."""
+    if len(text) <= limit and len(repr(text)) <= limit + 2:
+        return repr(text)
+    head = text[:limit]
+    while len(repr(head)) > limit + 2:  # escapes (\\n, \\x00) make the quoted text longer
+        head = head[:-1]
+    quoted = repr(head)
+    return f"{quoted[:-1]}…{quoted[-1]} ({len(text)} characters)"
+
+
+def show_path(path, limit=200):
+    """A file name as given, on one line; a longer one keeps its start and its end."""
+    text = os.fsdecode(path) if isinstance(path, (bytes, os.PathLike)) else str(path)
+    text = text.replace("\r", "\\r").replace("\n", "\\n")
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit // 2]}…{text[-limit // 4:]} ({len(text)} characters)"
 
 
 class Spec:
@@ -34,12 +75,20 @@ class Spec:
         """`key` may name the owner too ("img_size of HyperLipsHR")."""
         converted = self.convert(value)
         if converted is None:
-            raise ConfigError(f"{key} must be {self.expects} (got {_show(value)})")
+            raise ConfigError(f"{key} must be {self.expects} (got {show_value(value)})")
         return converted
 
 
+# The default bounds of an integer setting: the C int that OpenCV, ffmpeg and array indices take.
+# Nothing a setting counts (steps, frames, pixels, clips) comes near it; a bigger value is a typo
+# (`1e30`) and would overflow there, or run out of memory, long after the run started.
+INT_LIMIT = 2 ** 31 - 1
+
+
 class Int(Spec):
-    def __init__(self, low=None, high=None):
+    """An integer in [low, high]; a float such as 1e3 counts when it is a whole number in range."""
+
+    def __init__(self, low=-INT_LIMIT, high=INT_LIMIT):
         self.low, self.high = low, high
         self.expects = "an integer" + _bounds(low, high, ">=", "<=")
 
@@ -126,7 +175,7 @@ class Device(Spec):
 class Choice(Spec):
     def __init__(self, *values):
         self.values = values
-        self.expects = "one of " + ", ".join(_show(v).strip("'") for v in values)
+        self.expects = "one of " + ", ".join(show_value(v).strip("'") for v in values)
 
     def convert(self, value):
         for allowed in self.values:  # True == 1 in Python: compare the types too
@@ -167,11 +216,22 @@ class Fixed(Spec):
     def check(self, key, value):
         if value == self.value and not isinstance(value, bool):
             return self.value
-        raise ConfigError(f"{key} must be {self.value}: {self.why} (got {_show(value)})")
+        raise ConfigError(f"{key} must be {self.value}: {self.why} (got {show_value(value)})")
 
 
 _POSITIVE = Int(1)
 _COUNT = Int(0)
+# Frames or windows in one forward pass (the shipped batches are 8 to 64): the activations of 4096
+# 128 px frames already fill a GPU's memory, more so at 256 or 512 px; a larger batch cannot fit.
+_BATCH = Int(1, 4096)
+# Worker processes: each holds its own decoder, detector or model copy; more than 256 only thrash
+# the CPU and memory of any one machine.
+_WORKERS = Int(0, 256)
+# numpy takes seeds below 2**32, and the run seed gets the process rank added (seed + rank): a
+# 31-bit seed leaves room for any number of ranks.
+_SEED = Int(0, 2 ** 31 - 1)
+# An on-disk cache of more than 1 TiB (2**20 MB) for one kind of data is a typo.
+_CACHE_MB = Int(1, 2 ** 20)
 _WEIGHT = Float(0)
 _RATE = Float(0, low_open=True)
 _RATIO = Float(0, 1, high_open=True)
@@ -180,15 +240,15 @@ _RATIO = Float(0, 1, high_open=True)
 SPECS = {
     # run
     "mode": Choice(*MODES),
-    "seed": _COUNT,
+    "seed": _SEED,
     "device": Device(),
     "log_level": Choice("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
     "resume": Choice(*_AUTO_BOOL),
     # training loop
     "max_steps": _COUNT,
-    "batch_size": _POSITIVE,
-    "eval_batch_size": _POSITIVE,
-    "num_workers": _COUNT,
+    "batch_size": _BATCH,
+    "eval_batch_size": _BATCH,
+    "num_workers": _WORKERS,
     "log_interval": _POSITIVE,
     "eval_interval": _POSITIVE,
     "checkpoint_interval": _POSITIVE,
@@ -211,10 +271,10 @@ SPECS = {
     "face_max_gap": _COUNT,
     "min_clip_frames": Int(10),  # 2 * syncnet_T: a target window and a disjoint reference window
     "jpeg_quality": Int(1, 100),
-    "num_preprocess_workers": _COUNT,
+    "num_preprocess_workers": _WORKERS,
     "val_ratio": _RATIO,
     "test_ratio": _RATIO,
-    "split_seed": _COUNT,
+    "split_seed": Int(0, 2 ** 32 - 1),  # numpy's seed limit
     "samples_per_epoch": _COUNT,
     "val_windows_per_clip": _POSITIVE,
     "demo_num_clips": _POSITIVE,
@@ -226,24 +286,25 @@ SPECS = {
     "eval_max_clips": _COUNT,
     "eval_max_frames": _COUNT,
     "eval_num_sample_videos": _COUNT,
-    "metric_batch_size": _POSITIVE,
+    "metric_batch_size": _BATCH,
     "sync_vshift": _COUNT,
     # inference
-    "infer_batch_size": _POSITIVE,
+    "infer_batch_size": _BATCH,
     "reference_frame": Choice("first", "same", "half_clip"),
     "infer_mask_feather": Float(0, 1),
     "infer_landmark_window": _POSITIVE,
     "infer_bf16": Choice(*_AUTO_BOOL),
-    "infer_frame_cache_mb": _COUNT,
+    "infer_frame_cache_mb": Int(0, _CACHE_MB.high),  # 0: no cache
     "avatar_cache": Choice("off", "on", "refresh", False, True),  # YAML reads off/on as false/true
     "avatar_cache_dir": Path(),
-    "avatar_cache_mb": _POSITIVE,
+    "avatar_cache_mb": _CACHE_MB,
     "infer_x264_preset": Choice("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow",
                                 "slower", "veryslow", "placebo"),
     # web app
     "app_host": Text(),
     "app_port": Int(1, 65535),
-    "app_concurrency": _POSITIVE,
+    "app_concurrency": Int(1, _WORKERS.high),  # generations at once, each a worker
+    "app_allow_paths": Choice(*_AUTO_BOOL),
     # models
     "learning_rate": _RATE,
     "disc_learning_rate": _RATE,
@@ -254,8 +315,8 @@ SPECS = {
     "lip_l1_weight": _WEIGHT,
     "perceptual_weight": _WEIGHT,
     "lip_lpips_weight": _WEIGHT,
-    "hr_base_batch_size": _POSITIVE,
-    "hr_preprocess_workers": AutoOr(_COUNT),
+    "hr_base_batch_size": _BATCH,
+    "hr_preprocess_workers": AutoOr(_WORKERS),
     "hr_prune_other_bases": Choice(True, False),
 }
 
