@@ -4,13 +4,15 @@
 
 A local Gradio page over the Python API (talkingface.api.LipSync, the pipeline of --mode=infer).
 Models on offer: the latest HyperLipsBase and HyperLipsHR checkpoint of every dataset folder under
-checkpoint_root, the --checkpoint given on the command line, or a file path typed in the page.
+checkpoint_root, the --checkpoint given on the command line, or a file path typed in the page
+(app_allow_paths; by default only on a loopback app_host). Inputs are read from the upload folder only.
 One generation runs at a time (app_concurrency); the others wait in the queue. It binds to
 app_host (127.0.0.1) and sends nothing anywhere: analytics, update checks and hub telemetry are
 off, and the page's scripts, styles and fonts are served by the app itself.
 """
 import copy
 import dataclasses
+import ipaddress
 import json
 import logging
 import os
@@ -22,7 +24,7 @@ import time
 import torch
 
 from talkingface.api import LipSync
-from talkingface.model import extract_state_dict, hr_rescaling
+from talkingface.model import extract_state_dict, hr_rescaling, identify_network
 from talkingface.utils.checkpoint import CHECKPOINT_PATTERN, latest_checkpoint
 from talkingface.utils.errors import CheckpointError, ConfigError, InputError, TalkingFaceError
 
@@ -33,6 +35,9 @@ OFFLINE_ENV = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "HF_H
                "GRADIO_SSR_MODE": "False"}
 PRECISIONS = {"auto (bfloat16 where the CPU has it)": "auto", "bfloat16": True, "float32": False}
 SCREENSHOT_ENV = "TALKINGFACE_SCREENSHOT"  # read by tests/test_app.py, which makes docs/app.png
+# One line for every unusable typed path, so the page cannot tell which server files exist.
+TYPED_UNUSABLE = ("the typed checkpoint cannot be used: it is not a readable HyperLips checkpoint file "
+                  "(check the path, or clear it to use the list)")
 
 
 @dataclasses.dataclass
@@ -50,16 +55,24 @@ def _step(path):
     return int(match.group(1)) if match else None
 
 
-def hr_size(path):
-    """Output size of an HR decoder checkpoint (128/256/512) from its keys, or None."""
+def _state_dict(path):
+    """The state dict in a checkpoint file, or None when it cannot be read (for any reason)."""
     try:
+        if not os.path.isfile(path):  # folders, devices and FIFOs are never read
+            return None
         try:  # mmap: the key names without reading every tensor
             checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except RuntimeError:  # a legacy (non-zip) file cannot be mapped
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        rescaling = hr_rescaling(extract_state_dict("HRDecoder", checkpoint))
+        return extract_state_dict("HRDecoder", checkpoint)
     except Exception:  # an unreadable file: loading it says why, when it is picked
         return None
+
+
+def hr_size(path):
+    """Output size of an HR decoder checkpoint (128/256/512) from its keys, or None."""
+    state_dict = _state_dict(path)
+    rescaling = hr_rescaling(state_dict) if state_dict else None
     return 128 * rescaling if rescaling else None
 
 
@@ -96,15 +109,35 @@ def no_model_message(config):
             f"(HR: .../HyperLipsHR/), or pass --checkpoint=PATH")
 
 
+def allow_typed_paths(config):
+    """app_allow_paths as a bool: auto allows typed checkpoint paths only on a loopback app_host."""
+    value = config.get("app_allow_paths", "auto")
+    if value != "auto":
+        return bool(value)
+    host = str(config["app_host"]).strip("[]")
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may be reachable from elsewhere
+        return False
+
+
+def _network(path):
+    state_dict = _state_dict(path)
+    return identify_network(state_dict) if state_dict else None
+
+
 def typed_choice(config, checkpoint, base_checkpoint):
-    """A model from a checkpoint path typed in the page: Base or HR, told by its keys."""
+    """A model from a checkpoint path typed in the page: Base or HR, told by its keys. Any unusable
+    path (missing, a folder, unreadable, not a checkpoint, another network) gets TYPED_UNUSABLE."""
     checkpoint, base_checkpoint = checkpoint.strip(), (base_checkpoint or "").strip() or None
-    if not os.path.isfile(checkpoint):
-        raise CheckpointError(f"checkpoint not found: {checkpoint} (fix the path, or clear it to use the list)")
-    size = hr_size(checkpoint)
-    model = "HyperLipsHR" if size else "HyperLipsBase"
+    network = _network(checkpoint) or ""
+    hr = network.startswith("HRDecoder (")  # with its size: an HR decoder we can run
+    if not (hr or network == "HyperLipsBase") or (hr and base_checkpoint and
+                                                  _network(base_checkpoint) != "HyperLipsBase"):
+        raise CheckpointError(TYPED_UNUSABLE)
+    model = "HyperLipsHR" if hr else "HyperLipsBase"
     return ModelChoice(f"{model}: {checkpoint}", model, config["dataset"], checkpoint,
-                       base_checkpoint if size else None)
+                       base_checkpoint if hr else None)
 
 
 def metrics_markdown(choice):
@@ -166,35 +199,70 @@ class LoadedModel:
 class App:
     """The page's callbacks, apart from Gradio (so they can be read and tested on their own)."""
 
-    def __init__(self, config, output_dir, choices=None):
+    def __init__(self, config, output_dir, choices=None, upload_dir=None):
         self.config = config
         self.output_dir = output_dir
+        self.upload_dir = upload_dir or os.path.join(output_dir, "uploads")  # Gradio's GRADIO_TEMP_DIR
         self.choices = find_models(config) if choices is None else choices
         self.loaded = LoadedModel(config)
+        self.allow_paths = allow_typed_paths(config)
 
     def choice(self, label, typed_checkpoint="", typed_base=""):
         if typed_checkpoint and typed_checkpoint.strip():
+            if not self.allow_paths:
+                raise ConfigError("typed checkpoint paths are off on this server (set app_allow_paths=true "
+                                  "to allow them): pick a model from the list")
             return typed_choice(self.config, typed_checkpoint, typed_base)
         for choice in self.choices:
             if choice.label == label:
                 return choice
         raise ConfigError("pick a model from the list (or type a checkpoint path)")
 
+    def _check_uploaded(self, *paths):
+        """Files are read from Gradio's upload folder only: a request naming another server file
+        (or a link out of the folder) is refused."""
+        folder = os.path.realpath(self.upload_dir)
+        for path in filter(None, paths):
+            if os.path.commonpath([folder, os.path.realpath(path)]) != folder:
+                raise InputError(f"{os.path.basename(path)} was not uploaded through this page: upload it again")
+
+    def public(self, message, inputs, output=None):
+        """`message` as the page may show it: inputs and output by their base names (the names the
+        user uploaded), and no path of the app's temp folders."""
+        names = {}
+        for path in map(os.fspath, filter(None, (*inputs, output))):
+            for form in (path, os.path.realpath(path)):
+                names[form] = os.path.basename(path)
+        for folder in (self.upload_dir, self.output_dir):
+            for form in (folder, os.path.realpath(folder)):
+                names[form + os.sep], names[form] = "", "the app's temp folder"
+        for path in sorted(names, key=len, reverse=True):  # longest first: a folder inside another
+            message = message.replace(path, names[path])
+        return message
+
     def generate(self, video, photo, use_photo, audio, label, typed_checkpoint, typed_base, batch_size, precision,
                  progress=None):
         """(output video path or None, status line). Errors a user can fix come back as the CLI's
         one line; anything else is logged with its traceback and reported in one line too."""
         started = time.perf_counter()
+        inputs, output = (video, photo, audio), None
         try:
             source = photo if use_photo else video
             if not source:
                 raise InputError("upload a video or a photo with a face (or record one)")
             if not audio:
                 raise InputError("upload or record the driving audio")
+            self._check_uploaded(*inputs)
             choice = self.choice(label, typed_checkpoint, typed_base)
             if progress is not None:
                 progress(0.0, desc=f"loading {choice.label}")
-            lipsync = self.loaded.get(choice)
+            try:
+                lipsync = self.loaded.get(choice)
+            except TalkingFaceError as exc:
+                if not (typed_checkpoint and typed_checkpoint.strip()):
+                    raise
+                logger.warning("typed checkpoint refused: %s", exc)  # the reason for the log, not the page
+                raise CheckpointError(TYPED_UNUSABLE) from None
             output = os.path.join(self.output_dir, f"lipsync_{time.strftime('%Y%m%d_%H%M%S')}_{os.getpid()}_"
                                                    f"{threading.get_ident() % 10000}.mp4")
 
@@ -207,11 +275,12 @@ class App:
             result = lipsync.run(source, audio, output, progress=report,
                                  infer_batch_size=int(batch_size), infer_bf16=PRECISIONS.get(precision, "auto"))
         except TalkingFaceError as exc:
-            return None, f"error: {exc}"
+            return None, "error: " + self.public(str(exc), inputs, output)
         except Exception as exc:  # a bug: the page says so in one line, the log keeps the traceback
             logger.exception("generation failed")
             first = str(exc).strip().splitlines()
-            return None, f"error: unexpected {type(exc).__name__}: {first[0] if first else ''} (see the log)"
+            first = self.public(first[0], inputs, output) if first else ""
+            return None, f"error: unexpected {type(exc).__name__}: {first} (see the log)"
         found = int(sum(1 for box in result.boxes if box[0] == box[0]))  # NaN rows: no face
         return result.output, (f"done: {result.n_frames} frames ({result.n_frames / 25:.2f} s at 25 fps), "
                                f"face in {found} of {result.n_source_frames} source frames, "
@@ -244,9 +313,13 @@ def build_page(app):
                 audio = gr.Audio(label="Driving audio", sources=["upload", "microphone"], type="filepath",
                                  elem_id="audio_in", buttons=["download"])
                 model = gr.Dropdown(labels, value=labels[0] if labels else None, label="Model", elem_id="model")
-                with gr.Accordion("Other weights (a checkpoint file of ours or the official ones)", open=False):
-                    typed_checkpoint = gr.Textbox(label="Checkpoint file (Base or HR)", placeholder="path/to/file.pth")
-                    typed_base = gr.Textbox(label="Base checkpoint under an HR one (default: the latest Base)")
+                if app.allow_paths:  # typed paths name server files: offered only where app_allow_paths says
+                    with gr.Accordion("Other weights (a checkpoint file of ours or the official ones)", open=False):
+                        typed_checkpoint = gr.Textbox(label="Checkpoint file (Base or HR)",
+                                                      placeholder="path/to/file.pth")
+                        typed_base = gr.Textbox(label="Base checkpoint under an HR one (default: the latest Base)")
+                else:  # server-side values the page cannot set
+                    typed_checkpoint, typed_base = gr.State(""), gr.State("")
                 with gr.Row():
                     batch_size = gr.Slider(1, 64, value=int(config["infer_batch_size"]), step=1,
                                            label="Batch size (frames per pass)", elem_id="batch_size")
@@ -285,14 +358,14 @@ def serve(config):
         raise ConfigError(f"app_concurrency must be >= 1 (got {concurrency})")
     # Results and (unless GRADIO_TEMP_DIR says otherwise) uploads live here until the app stops.
     output_dir = tempfile.mkdtemp(prefix="talkingface_app_")
-    os.environ.setdefault("GRADIO_TEMP_DIR", os.path.join(output_dir, "uploads"))
+    upload_dir = os.environ.setdefault("GRADIO_TEMP_DIR", os.path.join(output_dir, "uploads"))
     page = None
     try:
         try:   # lazy: gradio takes ~4 s to import and only --mode=app needs it
             import gradio  # noqa: F401
         except ImportError:
             raise ConfigError("the app needs gradio: pip install -r requirements.txt") from None
-        page = build_page(App(config, output_dir, choices))
+        page = build_page(App(config, output_dir, choices, upload_dir))
         page.queue(default_concurrency_limit=concurrency)
         try:
             page.launch(server_name=host, server_port=port, allowed_paths=[output_dir], prevent_thread_lock=True,
@@ -302,7 +375,10 @@ def serve(config):
                               f"machine's; pick another with --port=N (or --app_host=...)") from None
         logger.info("web app on http://%s:%d (%d model(s); %d generation(s) at a time)", host, port,
                     len(choices), concurrency)
-        page.block_thread()  # returns on Ctrl-C or SIGTERM
+        # Not page.block_thread(): it catches KeyboardInterrupt (and so run_talkingface's Terminated,
+        # SIGTERM) and returns, and the run would end with status 0 and no "terminated:" line.
+        while page.is_running:
+            time.sleep(0.2)
     finally:
         if page is not None:
             page.close()

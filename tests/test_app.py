@@ -95,7 +95,9 @@ def server(random_base_checkpoint, tmp_path_factory):
     yield {"url": url, "proc": proc, "log": log, "port": port, "root": root}
     proc.send_signal(signal.SIGTERM)
     try:
-        assert proc.wait(timeout=30) == 0
+        assert proc.wait(timeout=30) == 143
+        log.seek(0)
+        assert log.read().strip().splitlines()[-1].startswith("terminated: the app stopped")
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -276,13 +278,16 @@ def test_photo_with_a_typed_hr_checkpoint(workdir, demo_media, random_base_check
     from talkingface.utils.checkpoint import save_checkpoint_file
     from talkingface.utils.video import iter_frames
 
-    photo = workdir / "face.png"
+    uploads = workdir / "uploads"  # the App's upload folder: it reads inputs from there only
+    uploads.mkdir()
+    photo = uploads / "face.png"
     cv2.imwrite(str(photo), next(iter_frames(demo_media["video"])))
+    audio = shutil.copy(demo_media["audio"], uploads)
     save_checkpoint_file({"state_dict": build_network("HRDecoder", 1).state_dict()}, "hr.pth")
     app = App(Config("HyperLipsBase", "demo", config_dict={"mode": "app", "device": "cpu",
                                                            "checkpoint_root": "none"}), str(workdir))
     stages = []
-    output, status = app.generate(None, str(photo), True, str(demo_media["audio"]), None, "hr.pth",
+    output, status = app.generate(None, str(photo), True, audio, None, "hr.pth",
                                   random_base_checkpoint["path"], 8, "float32",
                                   progress=lambda share, desc: stages.append(desc))
     assert status.startswith("done: 20 frames"), status
@@ -290,5 +295,140 @@ def test_photo_with_a_typed_hr_checkpoint(workdir, demo_media, random_base_check
     assert (info.width, info.height, info.n_frames) == (256, 256, 20)
     assert app.loaded.get(app.choice(None, "hr.pth", random_base_checkpoint["path"]))._syncer.hr is not None
     assert stages[0].startswith("loading HyperLipsHR") and stages[-1] == "lip-syncing"
-    assert app.generate(None, None, False, str(demo_media["audio"]), None, "hr.pth", "", 8, "auto")[1] == \
+    assert app.generate(None, None, False, audio, None, "hr.pth", "", 8, "auto")[1] == \
         "error: upload a video or a photo with a face (or record one)"
+
+
+def _uploaded(app, name, data=b"not a video"):
+    """A file as Gradio stores an upload: <upload folder>/<hash>/<the user's file name>."""
+    folder = os.path.join(app.upload_dir, "0123abcd")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, name)
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
+
+
+@pytest.mark.parametrize("host, value, allowed", [("0.0.0.0", "auto", False), ("127.0.0.1", "auto", True),
+                                                  ("127.3.0.1", "auto", True), ("localhost", "auto", True),
+                                                  ("::1", "auto", True), ("example.org", "auto", False),
+                                                  ("0.0.0.0", True, True), ("127.0.0.1", False, False)])
+def test_typed_paths_allowed_only_on_loopback_unless_set(host, value, allowed):
+    from talkingface.app import allow_typed_paths
+
+    assert allow_typed_paths({"app_host": host, "app_allow_paths": value}) is allowed
+
+
+def test_typed_paths_off_are_refused_in_one_line(tmp_path, random_base_checkpoint):
+    from talkingface.app import App
+    from talkingface.utils.errors import ConfigError
+
+    app = App({"app_host": "0.0.0.0", "app_allow_paths": "auto", "dataset": "demo"}, str(tmp_path), [])
+    with pytest.raises(ConfigError, match="typed checkpoint paths are off on this server"):
+        app.choice(None, random_base_checkpoint["path"])
+    status = app.generate(_uploaded(app, "face.mp4"), None, False, _uploaded(app, "speech.wav"), None,
+                          random_base_checkpoint["path"], "", 4, "auto")[1]
+    assert status.startswith("error: typed checkpoint paths are off on this server (set app_allow_paths=true")
+    assert "\n" not in status and random_base_checkpoint["path"] not in status
+
+
+def test_the_page_shows_typed_paths_only_when_allowed(tmp_path):
+    from talkingface.app import App, build_page
+
+    def textboxes(host):
+        page = build_page(App({"app_host": host, "app_allow_paths": "auto", "dataset": "demo",
+                               "infer_bf16": "auto", "infer_batch_size": 4}, str(tmp_path), []))
+        return [c["props"].get("label") for c in page.config["components"] if c["type"] in ("textbox", "accordion")
+                and c["props"].get("label") != "Metrics of the selected model"]
+
+    assert len(textboxes("127.0.0.1")) == 3  # the "Other weights" accordion and its two textboxes
+    assert textboxes("0.0.0.0") == []
+
+
+def test_every_unusable_typed_path_gets_the_same_line(tmp_path, _random_expert_file):
+    """No oracle for server files: missing, a folder, random bytes, text, another network's
+    checkpoint and unreadable weights all read the same, with no path and no reason."""
+    import torch
+
+    from talkingface.app import TYPED_UNUSABLE, App, ModelChoice
+    from talkingface.config import Config
+
+    app = App(Config("HyperLipsBase", "demo", config_dict={"mode": "app", "device": "cpu",
+                                                           "checkpoint_root": "none"}), str(tmp_path),
+              [ModelChoice("Base", "HyperLipsBase", "demo", "unused.pth")])
+    (tmp_path / "random.pth").write_bytes(np.random.default_rng(0).bytes(4096))
+    (tmp_path / "text.pth").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    torch.save({"state_dict": {"hyper_control_net.hnet0.lin1.weight": torch.zeros(1)}}, tmp_path / "broken.pth")
+    video, audio = _uploaded(app, "face.mp4"), _uploaded(app, "speech.wav")
+    typed = [tmp_path / "missing.pth", tmp_path, tmp_path / "random.pth", tmp_path / "text.pth",
+             _random_expert_file,  # a SyncNet checkpoint
+             tmp_path / "broken.pth"]  # looks like a Base one; loading it fails
+    statuses = {app.generate(video, None, False, audio, "Base", str(path), "", 4, "auto")[1] for path in typed}
+    assert statuses == {f"error: {TYPED_UNUSABLE}"}
+
+
+def test_error_lines_name_the_upload_not_server_paths(tmp_path, random_base_checkpoint, monkeypatch):
+    from talkingface.app import App, ModelChoice
+    from talkingface.config import Config
+    from talkingface.utils.audio import save_wav
+
+    output_dir = tmp_path / "app_tmp"
+    app = App(Config("HyperLipsBase", "demo", config_dict={"mode": "app", "device": "cpu",
+                                                           "checkpoint_root": "none"}), str(output_dir),
+              [ModelChoice("Base", "HyperLipsBase", "demo", random_base_checkpoint["path"])])
+    video, audio = _uploaded(app, "my clip.mp4", np.random.default_rng(0).bytes(3000)), _uploaded(app, "speech.wav")
+    save_wav(audio, np.zeros(8000, np.float32))
+    status = app.generate(video, None, False, audio, "Base", "", "", 4, "float32")[1]
+    assert status.startswith("error: ") and "my clip.mp4" in status, status
+    assert str(output_dir) not in status and "/" not in status, status
+
+    class Broken:  # a bug whose message names every path it had
+        def run(self, source, audio, output, **kwargs):
+            raise RuntimeError(f"cannot mix {source} and {audio} into {output} under {app.upload_dir}")
+
+    monkeypatch.setattr(app.loaded, "get", lambda choice: Broken())
+    status = app.generate(video, None, False, audio, "Base", "", "", 4, "float32")[1]
+    assert status.startswith("error: unexpected RuntimeError: cannot mix my clip.mp4 and speech.wav into lipsync_")
+    assert "/" not in status, status
+
+
+def test_inputs_are_read_from_the_upload_folder_only(tmp_path):
+    from talkingface.app import App
+
+    app = App({"app_host": "127.0.0.1", "app_allow_paths": "auto", "dataset": "demo"}, str(tmp_path / "app"), [])
+    secret = tmp_path / "secret.wav"
+    secret.write_bytes(b"private")
+    link = os.path.join(os.path.dirname(_uploaded(app, "face.mp4")), "voice.wav")
+    os.symlink(secret, link)  # inside the folder, pointing out of it
+    for video, audio, name in ((_uploaded(app, "face.mp4"), str(secret), "secret.wav"),
+                               (_uploaded(app, "face.mp4"), link, "voice.wav"),
+                               (str(secret), _uploaded(app, "speech.wav"), "secret.wav"),
+                               (os.path.join(app.upload_dir, "..", "..", "secret.wav"), link, "secret.wav")):
+        status = app.generate(video, None, False, audio, None, "", "", 4, "auto")[1]
+        assert status == f"error: {name} was not uploaded through this page: upload it again"
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_app_with_a_terminated_line_and_143(random_base_checkpoint, free_port):
+    root = random_base_checkpoint["root"]
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, "run_talkingface.py"), "--mode=app",
+                             "--dataset=demo", f"--port={free_port}", "--device=cpu",
+                             f"--checkpoint_root={root / 'checkpoints'}", f"--results_root={root / 'results'}"],
+                            cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{free_port}/", timeout=2).read()
+                break
+            except OSError:
+                assert proc.poll() is None and time.time() < deadline, proc.communicate(timeout=30)
+                time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1].startswith("terminated: the app stopped"), err
