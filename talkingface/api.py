@@ -13,14 +13,10 @@ uses too. Errors a user can fix are one-line TalkingFaceError subclasses (utils/
 """
 import os
 
-import librosa
-import numpy as np
-
 from talkingface.config import Config
 from talkingface.inference.arrays import ArraySource
 from talkingface.inference.pipeline import FPS, LipSyncer
-from talkingface.utils.audio import SAMPLE_RATE
-from talkingface.utils.errors import InputError
+from talkingface.utils.audio import SAMPLE_RATE, as_mono_16k
 
 
 class LipSync:
@@ -64,7 +60,8 @@ class LipSync:
 
         video: a video or image file, or frames in memory (a list of BGR uint8 (H, W, 3) arrays or
         one (N, H, W, 3) array) shown at `fps`; audio: an audio file (or a video with sound), or
-        mono samples at `sample_rate` Hz; output: the .mp4 to write (with the audio), or None to
+        samples at `sample_rate` Hz (float in [-1, 1] or integer PCM, mono or (n, channels):
+        utils.audio.as_mono_16k); output: the .mp4 to write (with the audio), or None to
         get the frames back (25 fps, as long as the audio); progress(stage, done, total): called as
         faces are tracked ("faces") and frames generated ("lip-sync"); settings: this run's
         inference settings (infer_batch_size, infer_bf16, ...).
@@ -72,13 +69,13 @@ class LipSync:
         if not isinstance(video, (str, os.PathLike)):
             video = ArraySource(video, fps=fps)
         if not isinstance(audio, (str, os.PathLike)):
-            audio = _samples_16k(audio, sample_rate)
+            audio = as_mono_16k(audio, sample_rate)
         return self._syncer.run(video, audio, None if output is None else str(output), progress=progress, **settings)
 
     def stream(self, video, fps=FPS, profiler=None, **settings):
         """A streaming session over the avatar `video` (a video or image file, or frames in memory
-        shown at `fps`): `push(samples)` takes audio as it comes (16 kHz mono, float32 in [-1, 1]
-        or int16, chunks of any length) and returns the frames (BGR uint8, 25 fps) whose audio has
+        shown at `fps`): `push(samples)` takes audio as it comes (16 kHz, float in [-1, 1]
+        or integer PCM, chunks of any length) and returns the frames (BGR uint8, 25 fps) whose audio has
         arrived; `close()` ends the audio and returns the last frames. The frames equal run()'s on
         the same audio and settings. infer_batch_size=1 gives the lowest latency; avatar_cache="on"
         skips the avatar's preparation for a video seen before. See talkingface/inference/stream.py.
@@ -93,14 +90,3 @@ class LipSync:
         result = self.run(video, audio, output, **kwargs)
         return result.output if output is not None else result.frames
 
-
-def _samples_16k(samples, sample_rate):
-    """Mono float32 samples at the 16 kHz the mel features are defined for."""
-    wav = np.asarray(samples, dtype=np.float32)
-    if wav.ndim == 2 and min(wav.shape) <= 8:  # (n, channels) or (channels, n): average them
-        wav = wav.mean(axis=int(np.argmin(wav.shape)))
-    if wav.ndim != 1 or wav.size == 0:
-        raise InputError(f"audio samples must be a non-empty mono array, got shape {np.shape(samples)}")
-    if int(sample_rate) != SAMPLE_RATE:
-        wav = librosa.resample(wav, orig_sr=int(sample_rate), target_sr=SAMPLE_RATE, res_type="soxr_hq")
-    return wav

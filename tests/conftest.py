@@ -61,7 +61,7 @@ def lipsync_media(samples_dir, tmp_path_factory):
 
     import numpy as np
 
-    from talkingface.utils.audio import ffmpeg_exe
+    from talkingface.utils.ffmpeg import ffmpeg_exe
 
     folder = tmp_path_factory.mktemp("lipsync_media")
     paths = {"video": folder / "face.mp4", "audio": folder / "speech.wav", "noface": folder / "noface.mp4"}

@@ -45,12 +45,38 @@ def test_frames_in_memory_are_the_file_pipeline(lipsync, lipsync_media, monkeypa
     assert len(lipsync(frames[:1], stereo, sample_rate=48000, infer_batch_size=4)) == len(out)
 
 
+def test_integer_pcm_gives_the_frames_of_the_same_float_audio(lipsync, lipsync_media):
+    """int16 (and int32, 8-bit unsigned) samples are scaled as ffmpeg decodes PCM, at any rate."""
+    frames = read_frames(lipsync_media["video"], fps=25)[:3]
+    wav = load_audio(lipsync_media["audio"])
+    for rate in (16000, 8000):
+        float_wav = wav if rate == 16000 else wav[::2].copy()
+        pcm16 = np.clip(np.round(float_wav * 32768), -32768, 32767).astype(np.int16)
+        as_float = lipsync(frames, pcm16.astype(np.float32) / 32768, sample_rate=rate)
+        assert all(np.array_equal(a, b) for a, b in zip(lipsync(frames, pcm16, sample_rate=rate), as_float))
+        pcm32 = pcm16.astype(np.int32) << 16  # the same sound as 32-bit PCM
+        assert all(np.array_equal(a, b) for a, b in zip(lipsync(frames, pcm32, sample_rate=rate), as_float))
+    pcm8 = (np.round(wav * 127) + 128).astype(np.uint8)  # 8-bit wav: offset binary
+    as_float = lipsync(frames, (pcm8.astype(np.float32) - 128) / 128)
+    assert all(np.array_equal(a, b) for a, b in zip(lipsync(frames, pcm8), as_float))
+
+
 def test_bad_inputs_are_one_line_errors(lipsync, lipsync_media, tmp_path):
     wav = load_audio(lipsync_media["audio"])
     cases = [
         (lambda: lipsync([np.zeros((8, 8), np.uint8)], wav), InputError, "BGR uint8"),
         (lambda: lipsync([], wav), InputError, "no frames"),
-        (lambda: lipsync(lipsync_media["video"], np.zeros(0, np.float32)), InputError, "non-empty"),
+        (lambda: lipsync(lipsync_media["video"], np.zeros(0, np.float32)), InputError, "lasts 0.000 s"),
+        (lambda: lipsync(5, wav), InputError, "video must be a file path, or frames"),
+        (lambda: lipsync(None, wav), InputError, "video must be a file path, or frames"),
+        (lambda: lipsync(lipsync_media["video"], None), InputError, "array of numbers"),
+        (lambda: lipsync(lipsync_media["video"], np.array(["0.1"] * 4000)), InputError, "array of numbers"),
+        (lambda: lipsync(lipsync_media["video"], np.full(4000, np.nan, np.float32), sample_rate=8000), InputError,
+         "NaN"),
+        (lambda: lipsync(lipsync_media["video"], wav, sample_rate=0), InputError, "sample_rate"),
+        (lambda: lipsync(lipsync_media["video"], wav, sample_rate=-8000), InputError, "sample_rate"),
+        (lambda: lipsync([np.zeros((8, 8, 3), np.uint8)], wav, fps=float("nan")), InputError, "frame rate"),
+        (lambda: lipsync([np.zeros((8, 8, 3), np.uint8)], wav, fps="25"), InputError, "frame rate"),
         (lambda: lipsync(lipsync_media["noface"], lipsync_media["audio"], tmp_path / "o.mp4"), InputError, "face"),
         (lambda: lipsync(lipsync_media["video"], wav, infer_batch_szie=4), ConfigError, "infer_batch_szie"),
         (lambda: lipsync(lipsync_media["video"], wav, infer_batch_size=0), ConfigError, "infer_batch_size"),

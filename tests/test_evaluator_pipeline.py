@@ -100,8 +100,8 @@ def test_evaluate_writes_metrics_json_table_and_samples(workdir):
     torch.jit.script(TinyFeatures()).save("fid.pt")
 
     config = Config(model="HyperLipsBase", dataset="demo", config_dict={
-        "device": "cpu", "metrics": ["PSNR", "SSIM", "LMD", "LSE", "FID"], "eval_max_frames": 8,
-        "eval_num_sample_videos": 1, "inception_path": "fid.pt", "syncnet_v2_path": "missing/syncnet_v2.model"})
+        "device": "cpu", "infer_bf16": False,  # "auto" would turn bf16 on where the CPU has it
+        "metrics": ["PSNR", "SSIM", "LMD", "LSE", "FID"], "eval_max_frames": 8, "eval_num_sample_videos": 1, "inception_path": "fid.pt", "syncnet_v2_path": "missing/syncnet_v2.model"})
     syncer = FakeSyncer(noisy_calls={1})
     results = Evaluator(config).evaluate(syncer, split="val", provenance={"global_step": 7})
 

@@ -14,7 +14,8 @@ from talkingface.config import Config
 from talkingface.inference import run_inference
 from talkingface.inference.source import pingpong_index
 from talkingface.model import build_network
-from talkingface.utils.audio import ffmpeg_exe, load_audio, n_video_frames_for_audio
+from talkingface.utils.audio import load_audio, n_video_frames_for_audio
+from talkingface.utils.ffmpeg import ffmpeg_exe
 from talkingface.utils.checkpoint import save_checkpoint_file
 from talkingface.utils.errors import CheckpointError, InputError
 from talkingface.utils.video import iter_frames, probe_video

@@ -172,6 +172,36 @@ def test_cli_prints_one_line_for_a_folder_output(inputs, workdir, capsys):
     assert "Traceback" not in "\n".join(err) and os.listdir(workdir / "out") == []
 
 
+def test_stream_output_is_checked_before_the_model_loads(inputs, workdir, unwritable_folder, capsys, monkeypatch):
+    """--mode=stream: a .y4m file that cannot be written is one line and exit 2, before the model loads."""
+    def refuse(self):
+        raise AssertionError("the model was loaded before the output path was checked")
+
+    monkeypatch.setattr(pipeline.LipSyncer, "load", refuse)
+    (workdir / "afile").write_text("not a folder")
+    (workdir / "out").mkdir()
+    cases = {"afile/x.y4m": "error: output afile/x.y4m: afile is a file, not a folder",
+             "/proc/nonexistent_dir/x.y4m": "error: cannot write to the output folder /proc/nonexistent_dir (",
+             f"{unwritable_folder}/x.y4m": f"error: cannot write to the output folder {unwritable_folder} (",
+             "out": "error: output out is an existing folder: give a file name, e.g. out/out.y4m",
+             "x.mp4": "error: output x.mp4: --mode=stream writes YUV4MPEG2 video; name the file .y4m"}
+    for output, expected in cases.items():
+        rc = run_talkingface.main(["--model=HyperLipsBase", "--mode=stream", "--dataset=demo", "--device=cpu",
+                                   f"--video={inputs['video']}", f"--audio={inputs['speech']}", f"--output={output}",
+                                   f"--checkpoint={inputs['base']}", f"--results_root={workdir / 'results'}"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and err[-1].startswith(expected), (output, err[-3:])
+        assert "Traceback" not in "\n".join(err)
+    assert os.listdir(workdir / "out") == [] and not os.path.exists("/proc/nonexistent_dir")
+    # so is an avatar cache folder that takes no files (/proc: not even root can create one there)
+    rc = run_talkingface.main(["--model=HyperLipsBase", "--mode=stream", "--dataset=demo", "--device=cpu",
+                               f"--video={inputs['video']}", f"--audio={inputs['speech']}", "--output=-",
+                               "--avatar_cache=on", "--avatar_cache_dir=/proc", f"--checkpoint={inputs['base']}",
+                               f"--results_root={workdir / 'results'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err[-1].startswith("error: avatar_cache_dir=/proc is not writable ("), err[-3:]
+
+
 # ---------------------------------------------------------------- 6, 10: signals, stale temp files
 def test_stale_temp_files_of_dead_processes_are_removed(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

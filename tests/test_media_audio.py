@@ -5,6 +5,7 @@ import soundfile as sf
 
 from talkingface.utils import audio
 from talkingface.utils.errors import InputError
+from talkingface.utils.ffmpeg import ffmpeg_exe
 
 
 def _reference_mel(wav):
@@ -106,7 +107,7 @@ def test_load_mp3(tmp_path):
     t = np.arange(22050 * 2) / 22050
     sf.write(str(wav_path), (0.3 * np.sin(2 * np.pi * 500 * t)).astype(np.float32), 22050)
     mp3 = tmp_path / "tone.mp3"
-    proc = subprocess.run([audio.ffmpeg_exe(), "-v", "error", "-i", str(wav_path), str(mp3)],
+    proc = subprocess.run([ffmpeg_exe(), "-v", "error", "-i", str(wav_path), str(mp3)],
                           capture_output=True)
     if proc.returncode != 0:
         pytest.skip("this ffmpeg has no mp3 encoder")

@@ -138,7 +138,7 @@ def test_writer_rejects_bad_audio_and_frames(tmp_path):
 def test_rotated_video_probe_matches_decoded_frames(tmp_path):
     import subprocess
 
-    from talkingface.utils.audio import ffmpeg_exe
+    from talkingface.utils.ffmpeg import ffmpeg_exe
 
     src = _write(tmp_path / "src.mp4", 5, 25, size=(64, 48))
     rotated = tmp_path / "rotated.mp4"

@@ -11,7 +11,8 @@ from talkingface.config import Config
 from talkingface.data.dataprocess import demo
 from talkingface.data.dataprocess.hyperlipsbase_process import HyperLipsBasePreprocessor, clip_id_for
 from talkingface.data.dataset.clip import Clip, read_filelist
-from talkingface.utils.audio import ffmpeg_exe, save_wav
+from talkingface.utils.audio import save_wav
+from talkingface.utils.ffmpeg import ffmpeg_exe
 from talkingface.utils.face import FaceMesh
 from talkingface.utils.video import VideoWriter, probe_video
 

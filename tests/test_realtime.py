@@ -165,6 +165,48 @@ def test_lru_eviction_keeps_the_folder_under_its_limit(tmp_path):
     assert not os.listdir(tmp_path)
 
 
+def test_an_entry_larger_than_the_whole_cache_is_used_but_not_kept(syncer, clip, tmp_path, caplog):
+    video, wav = clip
+    folder = tmp_path / "avatars"
+    off = syncer.run(video, wav)
+    with caplog.at_level(logging.INFO, logger="talkingface"):
+        small = syncer.run(video, wav, avatar_cache="on", avatar_cache_dir=str(folder), avatar_cache_mb=1)
+    assert _same(off.frames, small.frames)  # the run's output is made as without the cache
+    assert sum(f.stat().st_size for f in folder.iterdir()) < 2 ** 20 and not os.listdir(folder)
+    lines = [r.getMessage() for r in caplog.records if "avatar_cache_mb=1" in r.getMessage()]
+    assert len(lines) == 1, lines
+    # 4 frames of 0.6 MB: 2.3 MB with the metadata
+    assert "its entry of 2.3 MB is larger than avatar_cache_mb=1, so it was not kept; " \
+           "set avatar_cache_mb=3 or more to keep it" in lines[0]
+    assert not any("avatar cached" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="talkingface"):  # as it says: with 3 MB it is kept
+        syncer.run(video, wav, avatar_cache="on", avatar_cache_dir=str(folder), avatar_cache_mb=3)
+    assert any("avatar cached" in r.getMessage() for r in caplog.records) and len(os.listdir(folder)) == 2
+
+
+def test_an_avatar_cache_dir_that_takes_no_files_is_one_config_error(syncer, clip, tmp_path, monkeypatch):
+    from talkingface.utils.errors import ConfigError
+    video, wav = clip
+    monkeypatch.setattr(pipeline, "track_faces", lambda *a, **k: pytest.fail("faces tracked before the check"))
+    # /proc exists, but even root cannot create files in it
+    with pytest.raises(ConfigError, match=r"^avatar_cache_dir=/proc is not writable \(.+\): set avatar_cache_dir "
+                                          r"to a writable folder or avatar_cache=off$"):
+        syncer.run(video, wav, avatar_cache="on", avatar_cache_dir="/proc")
+    (tmp_path / "afile").write_text("not a folder")
+    with pytest.raises(ConfigError, match=r"^avatar_cache_dir=.*afile/cache cannot be created \(Not a directory\)"):
+        syncer.run(video, wav, avatar_cache="on", avatar_cache_dir=str(tmp_path / "afile" / "cache"))
+    if os.geteuid() != 0:  # permission bits stop a normal user (root passes them)
+        folder = tmp_path / "read_only"
+        folder.mkdir()
+        folder.chmod(0o555)
+        try:
+            with pytest.raises(ConfigError, match="read_only is not writable"):
+                AvatarCache(folder, 100)
+        finally:
+            folder.chmod(0o755)
+
+
 def _stream(syncer, video, wav, chunk, **settings):
     stream = syncer.stream(video, **settings)
     frames, emitted_at = [], []
@@ -220,8 +262,8 @@ def test_stream_edges(syncer, clip):
         stream.push(np.zeros(10, np.float32))
     assert stream.close() == []
     with syncer.stream(video, infer_batch_size=1) as stream:
-        with pytest.raises(InputError, match="float32"):
-            stream.push(np.zeros(10, np.int64))
+        with pytest.raises(InputError, match="array of numbers"):
+            stream.push(np.array(["a"] * 10))
         with pytest.raises(InputError, match="NaN"):
             stream.push(np.full(10, np.nan, np.float32))
         silence = list(stream.push(np.zeros(8000, np.float32)))  # 0.5 s of silence

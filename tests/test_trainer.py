@@ -239,3 +239,29 @@ def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path):
     set_rng_state(torch.load(tmp_path / "s.pth", weights_only=True)["rng"])
     again = (random.random(), random.gauss(0, 1), np.random.normal(), torch.rand(3))
     assert expected[:3] == again[:3] and torch.equal(expected[3], again[3])
+
+
+def test_an_error_during_training_is_the_last_line_after_the_progress_bar(demo_base_data, tmp_path):
+    """A real CLI run whose training data turns out unreadable once the loop (and its progress bar)
+    has started: the bar is closed first, so `error: ...` is the last line on stderr."""
+    import subprocess
+    import sys
+
+    pre = tmp_path / "pre"
+    shutil.copytree(demo_base_data["preprocessed_root"], pre)   # the session's data stays intact
+    for clip in (pre / "filelists" / "train.txt").read_text().split():
+        for frame in (pre / clip).glob("*.jpg"):
+            frame.write_bytes(b"not a jpeg")
+    values = dict(demo_base_data, preprocessed_root=pre, checkpoint_root=tmp_path / "checkpoints",
+                  results_root=tmp_path / "results", device="cpu", num_workers=0, batch_size=2, eval_batch_size=2,
+                  max_steps=5, evaluate_after_training=False, eval_interval=1000, checkpoint_interval=1000)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, os.path.join(repo, "run_talkingface.py"), "--model=SyncNet",
+                           "--dataset=demo", *(f"--{k}={v}" for k, v in values.items())],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=600,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and "train SyncNet:" in done.stderr, done.stderr[-2000:]
+    assert lines[-1].startswith("error: cannot read ") and "train SyncNet" not in lines[-1], lines[-3:]
+    assert "Traceback" not in done.stderr
+

@@ -7,7 +7,7 @@ import numpy as np
 
 from talkingface.inference.source import FPS, pingpong_index
 from talkingface.utils.errors import InputError
-from talkingface.utils.video import VideoInfo, resample_indices
+from talkingface.utils.video import VideoInfo, check_fps, resample_indices
 
 
 class ArraySource:
@@ -17,8 +17,12 @@ class ArraySource:
     path = "(frames in memory)"
 
     def __init__(self, frames, fps=FPS):
+        fps = check_fps(fps)
         if isinstance(frames, np.ndarray) and frames.ndim == 3:
             frames = [frames]  # a single image
+        if not isinstance(frames, (list, tuple, np.ndarray)):
+            raise InputError(f"video must be a file path, or frames: a list of BGR uint8 images (H, W, 3) or "
+                             f"one (N, H, W, 3) array (got {type(frames).__name__})")
         frames = list(frames)
         if not frames:
             raise InputError("no frames given: pass at least one BGR image (H, W, 3)")
@@ -29,8 +33,6 @@ class ArraySource:
                 raise InputError(f"frames must be BGR uint8 images (H, W, 3), got {frame.dtype} {frame.shape}")
             if frame.shape != shape:
                 raise InputError(f"all frames must have one size: {frame.shape[:2]} vs {shape[:2]}")
-        if not fps or fps <= 0:
-            raise InputError(f"fps must be positive, got {fps}")
         self._frames = frames
         self.height, self.width = shape[:2]
         self.is_still = len(frames) == 1

@@ -19,9 +19,11 @@ CRC-32; written last, so it commits the entry). Both are written under temp name
 (utils.files.temp_name) and renamed atomically: a killed writer leaves only a temp file, removed
 by a later run, never an entry that is read. A reader checks size and CRC-32; a bad entry is
 ignored (one log line) and rebuilt. Concurrent writers of one key each rename a complete entry.
-The folder is kept under `avatar_cache_mb` by deleting the least recently used entries.
+The folder is kept under `avatar_cache_mb` by deleting the least recently used entries; an
+entry larger than the whole limit is not kept at all (the run that made it uses it, one log line).
 """
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
@@ -35,7 +37,7 @@ import numpy as np
 from talkingface.data.dataset.hr_layout import BASE_SIZE
 from talkingface.utils.errors import ConfigError
 from talkingface.utils.face import N_MESH_LANDMARKS
-from talkingface.utils.files import remove_stale_temp_files, temp_name, write_json_atomic
+from talkingface.utils.files import probe_writable, remove_stale_temp_files, temp_name, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +119,16 @@ def cache_key(video_sha256, settings):
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+class EntryTooLarge(OSError):
+    """An avatar whose entry alone exceeds avatar_cache_mb (AvatarCache.save keeps it out)."""
+
+    def __init__(self, size, limit_mb):
+        need = -(-size // 2 ** 20)  # whole MB, rounded up: the smallest limit that keeps it
+        super().__init__(errno.EFBIG, f"its entry of {size / 2 ** 20:.1f} MB is larger than avatar_cache_mb="
+                                      f"{limit_mb:g}, so it was not kept; set avatar_cache_mb={need} or more "
+                                      "to keep it")
+
+
 class AvatarCache:
     """Entries in `folder`, at most `limit_mb` in all (least recently used ones go first)."""
 
@@ -127,6 +139,11 @@ class AvatarCache:
             os.makedirs(self.folder, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"avatar_cache_dir={self.folder} cannot be created ({exc.strerror}): "
+                              "set avatar_cache_dir to a writable folder or avatar_cache=off") from None
+        try:  # a folder that exists but takes no files (permissions, a read-only filesystem)
+            probe_writable(self.folder)
+        except OSError as exc:
+            raise ConfigError(f"avatar_cache_dir={self.folder} is not writable ({exc.strerror or type(exc).__name__}): "
                               "set avatar_cache_dir to a writable folder or avatar_cache=off") from None
         remove_stale_temp_files(self.folder)
 
@@ -154,16 +171,27 @@ class AvatarCache:
         return meta, store
 
     def new_store(self, key, n_frames):
-        """A writable AvatarStore under a temp name, committed by save()."""
+        """A writable AvatarStore under a temp name, committed by save(); an unnamed temporary one
+        when its records alone exceed the limit (save() then refuses it)."""
+        if n_frames * RECORD.itemsize > self.limit_mb * 2 ** 20:
+            return AvatarStore(n_frames)
         records, _ = self._paths(key)
         return AvatarStore(n_frames, str(temp_name(records)), mode="w+")
 
     def save(self, key, store, meta):
-        """Commit a filled store: records renamed first, then the metadata that makes it valid."""
+        """Commit a filled store: records renamed first, then the metadata that makes it valid.
+
+        An entry larger than the whole limit is not kept (LRU eviction could only remove it again):
+        EntryTooLarge, an OSError, so the run goes on uncached with the store it filled, and the
+        caller's log line says why (the caller discards the store's temp file)."""
         records, meta_path = self._paths(key)
+        meta = dict(meta, format=FORMAT_VERSION, record_bytes=RECORD.itemsize, n_frames=store.n)
+        # the entry's size as entries() counts it; the CRC-32 is not known yet: its widest value
+        size = store.n * RECORD.itemsize + len(json.dumps(dict(meta, crc32=2 ** 32 - 1), indent=2)) + 1
+        if size > self.limit_mb * 2 ** 20:  # (new_store made it an unnamed temporary file)
+            raise EntryTooLarge(size, self.limit_mb)
         store.records.flush()
-        meta = dict(meta, format=FORMAT_VERSION, record_bytes=RECORD.itemsize, n_frames=store.n,
-                    crc32=_crc32(store.path))
+        meta["crc32"] = _crc32(store.path)
         os.replace(store.path, records)
         store.path = records
         write_json_atomic(meta_path, meta)

@@ -55,7 +55,8 @@ from talkingface.inference.source import FrameSource
 from talkingface.inference.stream import LipSyncStream
 from talkingface.inference.features import check_audio_duration, chunked_melspectrogram
 from talkingface.inference.int8 import quantize_full_resolution
-from talkingface.utils.audio import FPS, audio_source_for, load_audio, n_video_frames_for_audio, save_wav
+from talkingface.utils.audio import (FPS, as_mono_16k, audio_source_for, load_audio, n_video_frames_for_audio,
+                                     save_wav)
 from talkingface.utils.distributed import is_main_process
 from talkingface.utils.errors import ConfigError, InputError
 from talkingface.utils.tracking import TRACKER_KEYS, track_faces
@@ -277,7 +278,7 @@ class LipSyncer:
             audio = audio_source_for(audio)  # a video without sound: its same-named .wav/.mp3/... beside it
             audio_name, wav = audio, load_audio(audio)
         else:
-            audio_name, wav = "(samples)", _checked_samples(audio)
+            audio_name, wav = "(samples)", as_mono_16k(audio)
         check_audio_duration(len(wav), audio_name)
         n_out = n_video_frames_for_audio(len(wav), fps=FPS)
         # The mel spectrogram (no 0.5 GB STFT buffer for a 10-minute track) is computed in a thread
@@ -437,15 +438,6 @@ def precision(settings, device):
 def _timed(profiler, stage, function, *args):
     with profiler.stage(stage):
         return function(*args)
-
-
-def _checked_samples(samples):
-    wav = np.asarray(samples, dtype=np.float32)
-    if wav.ndim != 1 or wav.size == 0:
-        raise InputError(f"audio samples must be a non-empty 1-D (mono) array at 16 kHz, got shape {wav.shape}")
-    if not np.all(np.isfinite(wav)):
-        raise InputError("audio samples contain NaN or inf values")
-    return wav
 
 
 @contextlib.contextmanager

@@ -35,13 +35,15 @@ import time
 import cv2
 import numpy as np
 
+from talkingface.inference.avatar import AvatarCache
 from talkingface.inference.features import check_audio_duration
 from talkingface.inference.profile import OFF
 from talkingface.inference.source import FrameSource
-from talkingface.utils.audio import (HOP_SIZE, MEL_CHUNK_LENGTH, SAMPLE_RATE, WIN_SIZE, mel_chunk, mel_start,
-                                     melspectrogram, n_video_frames_for_audio)
+from talkingface.utils.audio import (HOP_SIZE, MEL_CHUNK_LENGTH, SAMPLE_RATE, WIN_SIZE, as_mono_16k, mel_chunk,
+                                     mel_start, melspectrogram, n_video_frames_for_audio)
 from talkingface.utils.errors import ConfigError, InputError
 from talkingface.utils.files import temp_name
+from talkingface.utils.video import check_output_path
 
 logger = logging.getLogger(__name__)
 
@@ -54,20 +56,6 @@ _PLAY_FOREVER = sys.maxsize  # the avatar loops until the audio ends
 def samples_needed(k):
     """Samples of audio that output frame k needs before it can be generated (see module doc)."""
     return HOP_SIZE * (mel_start(k) + MEL_CHUNK_LENGTH - 1 + 2)
-
-
-def _as_float(samples):
-    samples = np.asarray(samples)
-    if samples.ndim != 1:
-        raise InputError(f"audio chunks must be 1-D mono samples at 16 kHz, got shape {samples.shape}")
-    if samples.dtype == np.int16:  # as ffmpeg decodes s16 PCM
-        return samples.astype(np.float32) / 32768.0
-    if not np.issubdtype(samples.dtype, np.floating):
-        raise InputError(f"audio chunks must be float32 in [-1, 1] or int16, got {samples.dtype}")
-    samples = samples.astype(np.float32, copy=False)
-    if not np.all(np.isfinite(samples)):
-        raise InputError("audio chunk contains NaN or inf values")
-    return samples
 
 
 class LipSyncStream:
@@ -159,13 +147,13 @@ class LipSyncStream:
             self._start = keep_sample
 
     def push(self, samples):
-        """Add audio (16 kHz mono, float32 or int16, any length); returns an iterator over the
-        frames (BGR uint8) that became ready, in order, each rendered as the iterator reaches it
+        """Add audio (16 kHz, float in [-1, 1] or integer PCM, any length: utils.audio.as_mono_16k);
+        returns an iterator over the frames (BGR uint8) that became ready, in order, each rendered as the iterator reaches it
         (a long chunk never holds many frames in memory). Consume it before the next push():
         frames it has not reached yet come from the next push() or close() instead."""
         if self.closed:
             raise InputError("push() after close(): start a new stream")
-        samples = _as_float(samples)
+        samples = as_mono_16k(samples)
         if samples.size:
             self._audio = np.concatenate([self._audio, samples])
             self._n_samples += samples.size
@@ -226,6 +214,14 @@ def y4m_frame(frame):
     return b"FRAME\n" + cv2.cvtColor(frame, cv2.COLOR_BGR2YUV_I420).tobytes()
 
 
+def check_stream_output(path, inputs=()):
+    """Check, before the model loads, that the y4m output `path` can be written (one-line InputError)."""
+    if os.path.splitext(str(path))[1].lower() != ".y4m" and not os.path.isdir(str(path)):
+        raise InputError(f"output {path}: --mode=stream writes YUV4MPEG2 video; name the file .y4m "
+                         "(or --output=- for stdout)")
+    check_output_path(path, inputs, suffixes=(".y4m",))
+
+
 def run_stream(config, stdin=None, stdout=None):
     """--mode=stream: PCM s16le 16 kHz mono from --audio (- = stdin) -> y4m to --output (- = stdout)."""
     # lazy: pipeline.py imports this module (LipSyncer.stream), so importing it at the top would be a circle
@@ -242,6 +238,10 @@ def run_stream(config, stdin=None, stdout=None):
         raise ConfigError("--mode=stream needs --output=- (y4m on stdout) or --output=FILE.y4m")
     if audio != "-" and not os.path.isfile(str(audio)):
         raise InputError(f"audio not found: {audio}")
+    if output != "-":  # a bad output path fails now, not after the model loaded and the avatar was prepared
+        check_stream_output(output, inputs=[video] + ([audio] if audio != "-" else []))
+    if config["avatar_cache"] not in (False, "off"):  # an unusable cache folder fails now too
+        AvatarCache(config["avatar_cache_dir"], config["avatar_cache_mb"])
     syncer = LipSyncer(config).load()
     stream = syncer.stream(str(video))
     if stream.width % 2 or stream.height % 2:

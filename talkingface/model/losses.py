@@ -23,6 +23,8 @@ def bce(probabilities, target):
             target = target.to(probabilities.device, torch.float32).reshape(-1)
         else:
             target = torch.full_like(probabilities, float(target))
+        if not torch.isfinite(probabilities).all():  # diverged: a NaN loss the trainer reports in one line
+            return torch.full((), float("nan"), device=probabilities.device)
         return F.binary_cross_entropy(probabilities, target)
 
 

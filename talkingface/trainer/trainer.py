@@ -386,35 +386,37 @@ class Trainer:
         def finished():
             return self.global_step >= max_steps or (should_stop is not None and should_stop())
 
-        while not finished():
-            train_loader.sampler.set_epoch(self.global_epoch, start=self.epoch_samples)
-            for batch in train_loader:
-                self._set_mode(True)
-                losses = self.train_step(self.to_device(batch))
-                self.global_step += 1
-                self.epoch_samples += train_loader.batch_size
-                progress.update(1)
-                if on_step_end is not None:
-                    on_step_end(losses)
-                for key, value in losses.items():
-                    running[key] = running.get(key, 0.0) + float(value)
-                since_log += 1
-                if self.global_step % config["log_interval"] == 0 or self.global_step == max_steps:
-                    means = dist_utils.reduce_mean({k: v / since_log for k, v in running.items()}, self.device)
-                    self.log_scalars("train", means)
-                    progress.set_postfix({k: f"{v:.4f}" for k, v in means.items()})
-                    running, since_log = {}, 0
-                if self.global_step % config["eval_interval"] == 0:
-                    self.validate(val_loader)
-                if self.global_step % config["checkpoint_interval"] == 0:
-                    self.save_checkpoint()
-                    last_saved = self.global_step
-                if finished():
-                    break
-            else:
-                self.global_epoch += 1
-                self.epoch_samples = 0
-        progress.close()
+        try:  # closed before an error propagates: the entry point's `error:` line comes after the bar
+            while not finished():
+                train_loader.sampler.set_epoch(self.global_epoch, start=self.epoch_samples)
+                for batch in train_loader:
+                    self._set_mode(True)
+                    losses = self.train_step(self.to_device(batch))
+                    self.global_step += 1
+                    self.epoch_samples += train_loader.batch_size
+                    progress.update(1)
+                    if on_step_end is not None:
+                        on_step_end(losses)
+                    for key, value in losses.items():
+                        running[key] = running.get(key, 0.0) + float(value)
+                    since_log += 1
+                    if self.global_step % config["log_interval"] == 0 or self.global_step == max_steps:
+                        means = dist_utils.reduce_mean({k: v / since_log for k, v in running.items()}, self.device)
+                        self.log_scalars("train", means)
+                        progress.set_postfix({k: f"{v:.4f}" for k, v in means.items()})
+                        running, since_log = {}, 0
+                    if self.global_step % config["eval_interval"] == 0:
+                        self.validate(val_loader)
+                    if self.global_step % config["checkpoint_interval"] == 0:
+                        self.save_checkpoint()
+                        last_saved = self.global_step
+                    if finished():
+                        break
+                else:
+                    self.global_epoch += 1
+                    self.epoch_samples = 0
+        finally:
+            progress.close()
         if self.global_step % config["eval_interval"] != 0:
             self.validate(val_loader)
         if last_saved != self.global_step:

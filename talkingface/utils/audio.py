@@ -1,7 +1,8 @@
 """Audio I/O and the HyperLips mel spectrogram.
 
-Decoding goes through the ffmpeg binary shipped by imageio-ffmpeg, so any container with an audio
-stream works (wav of any rate and channel count, mp3, the track of an mp4) without a system ffmpeg.
+Decoding goes through the ffmpeg binary shipped by imageio-ffmpeg, so any self-contained container
+with an audio stream works (wav of any rate and channel count, mp3, the track of an mp4) without a
+system ffmpeg; files that point to other files (playlists, concat lists) are refused (utils/ffmpeg.py).
 The mel spectrogram is HyperLips' (the Wav2Lip/HyperLips hparams; docs/architecture.md), giving 80 mel
 frames per second of 16 kHz audio.
 """
@@ -15,12 +16,12 @@ import re
 import subprocess
 from pathlib import Path
 
-import imageio_ffmpeg
 import librosa   # a lazy loader: its parts load on first use (librosa.stft, librosa.filters)
 import numpy as np
 import soundfile as sf
 
 from talkingface.utils.errors import InputError
+from talkingface.utils.ffmpeg import check_input_file, error_line, ffmpeg_exe, input_args, is_refused, refused
 
 logger = logging.getLogger(__name__)
 
@@ -41,28 +42,6 @@ MEL_FRAMES_PER_SECOND = SAMPLE_RATE / HOP_SIZE  # 80
 MEL_CHUNK_LENGTH = 16  # 0.2 s of mel frames per video frame
 
 
-def ffmpeg_exe() -> str:
-    """Path of the ffmpeg binary bundled with imageio-ffmpeg."""
-    return imageio_ffmpeg.get_ffmpeg_exe()
-
-
-def _check_input_file(path: str | os.PathLike, what: str) -> Path:
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{what} not found: {path} (check the path)")
-    if not path.is_file():
-        raise InputError(f"{what} is not a file: {path}")
-    if path.stat().st_size == 0:
-        raise InputError(f"{what} is empty (0 bytes): {path}")
-    return path
-
-
-def _ffmpeg_error_line(stderr: bytes) -> str:
-    """The most telling line of ffmpeg's error output, for a one-line message."""
-    lines = [ln.strip() for ln in stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
-    return lines[-1] if lines else "unknown ffmpeg error"
-
-
 # rematrix_maxval 1 makes the stereo -> mono downmix the plain channel mean (ffmpeg's default
 # mixes at 1/sqrt(2) each, 3 dB louder); soxr at 20-bit precision is librosa.load's default
 # resampler (soxr_hq), so decoding here gives librosa's samples and the official mels.
@@ -72,7 +51,7 @@ _SOXR_OPTIONS = ("-resampler", "soxr", "-precision", "20")
 def _decode(path: Path, sr: int, resampler_options) -> subprocess.CompletedProcess:
     cmd = [
         ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error",
-        "-i", str(path), "-map", "0:a:0", "-vn", "-sn", "-dn",
+        *input_args(path), "-map", "0:a:0", "-vn", "-sn", "-dn",
         "-ac", "1", "-rematrix_maxval", "1.0", *resampler_options, "-ar", str(int(sr)),
         "-f", "f32le", "-acodec", "pcm_f32le", "pipe:1",
     ]
@@ -84,11 +63,13 @@ _AUDIO_STREAM_RE = re.compile(r"Stream #\d+:\d+(?:\[[^\]]*\])?(?:\([^)]*\))?: Au
 
 def has_audio_stream(path: str | os.PathLike) -> bool:
     """True when ffmpeg finds an audio stream in the file (InputError when it cannot read it)."""
-    proc = subprocess.run([ffmpeg_exe(), "-nostdin", "-hide_banner", "-i", str(path)],
+    proc = subprocess.run([ffmpeg_exe(), "-nostdin", "-hide_banner", *input_args(path)],
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     err = proc.stderr.decode("utf-8", "replace")
+    if is_refused(err):
+        raise refused(path, "Audio source")
     if "Invalid data found" in err or "No such file" in err:
-        raise InputError(f"Cannot read audio source {path}: {_ffmpeg_error_line(proc.stderr)}")
+        raise InputError(f"Cannot read audio source {path}: {error_line(proc.stderr)}")
     return _AUDIO_STREAM_RE.search(err) is not None
 
 
@@ -133,8 +114,10 @@ def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
     Stereo is averaged and resampling uses soxr, like librosa.load, so the samples match it.
     Raises InputError for a missing/empty file, a file without an audio stream, or no samples.
     """
-    path = _check_input_file(path, "Audio file")
+    path = check_input_file(path, "Audio file")
     proc = _decode(path, sr, _SOXR_OPTIONS)
+    if is_refused(proc.stderr):
+        raise refused(path, "Audio file")
     if proc.returncode != 0 and "matches no streams" not in proc.stderr.decode("utf-8", "replace"):
         retry = _decode(path, sr, ())  # an ffmpeg build without libsoxr: its own resampler
         if retry.returncode == 0:
@@ -144,12 +127,58 @@ def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
         if "matches no streams" in err:
             raise InputError(f"No audio stream in {path}: give a wav/mp3 or a video with sound "
                              f"(or put its audio beside it as {path.stem}.wav)")
-        raise InputError(f"Cannot decode audio from {path}: {_ffmpeg_error_line(proc.stderr)}")
+        raise InputError(f"Cannot decode audio from {path}: {error_line(proc.stderr)}")
     wav = np.frombuffer(proc.stdout, dtype="<f4").astype(np.float32)
     if wav.size == 0:
         raise InputError(f"Audio in {path} is empty (no samples decoded): use a file with sound")
     if not np.all(np.isfinite(wav)):
         raise InputError(f"Audio in {path} decodes to NaN/inf samples: re-encode the file")
+    return wav
+
+
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 768000
+
+
+def check_sample_rate(sample_rate) -> int:
+    """`sample_rate` as an int in Hz, or a one-line InputError."""
+    if isinstance(sample_rate, (bool, np.bool_)) or not isinstance(sample_rate, (int, float, np.number)) \
+            or not np.isfinite(sample_rate) or int(sample_rate) != sample_rate \
+            or not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
+        raise InputError(f"sample_rate must be a whole number of Hz from {MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE} "
+                         f"(got {str(sample_rate)[:40]})")
+    return int(sample_rate)
+
+
+def as_mono_16k(samples, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Audio samples given in memory as the mono float32 16 kHz signal the mel is defined for.
+
+    The one entry for samples (the API's run, its streams, the CLI's stdin stream): integer PCM of
+    any width is scaled to [-1, 1) as ffmpeg decodes it (int16 / 32768; unsigned is offset binary,
+    as 8-bit wav stores it), floats are taken as they are, (n, channels) or (channels, n) with up
+    to 8 channels is averaged, and NaN/inf are refused before any resampling. Empty is allowed
+    (a stream's chunk may be); a run checks the duration itself.
+    """
+    sample_rate = check_sample_rate(sample_rate)
+    try:
+        wav = np.asarray(samples)
+    except (TypeError, ValueError):  # ragged nested lists
+        wav = np.asarray(None)
+    kind = wav.dtype.kind
+    if kind not in "iuf":
+        raise InputError(f"audio samples must be an array of numbers (float in [-1, 1] or integer "
+                         f"PCM), got {type(samples).__name__} of {wav.dtype} with shape {wav.shape}")
+    if kind in "iu":
+        half = 2.0 ** (8 * wav.dtype.itemsize - 1)
+        wav = (wav.astype(np.float64) - (half if kind == "u" else 0.0)) / half
+    wav = wav.astype(np.float32)
+    if wav.ndim == 2 and min(wav.shape) <= 8:  # (n, channels) or (channels, n): average them
+        wav = wav.mean(axis=int(np.argmin(wav.shape)))
+    if wav.ndim != 1:
+        raise InputError(f"audio samples must be mono (n,) or (n, channels), got shape {np.shape(samples)}")
+    if not np.all(np.isfinite(wav)):
+        raise InputError("audio samples contain NaN or inf values")
+    if sample_rate != SAMPLE_RATE and wav.size:
+        wav = librosa.resample(wav, orig_sr=sample_rate, target_sr=SAMPLE_RATE, res_type="soxr_hq")
     return wav
 
 

@@ -60,6 +60,16 @@ def remove_stale_temp_files(folder):
     return removed
 
 
+def probe_writable(folder):
+    """Create `folder` (and its parents) if needed, then create and remove a temp_name file in it:
+    an OSError says, before any long work, that files cannot be written there (permissions, a
+    read-only filesystem, a parent that is a file). Root passes permission bits but not the rest."""
+    os.makedirs(folder, exist_ok=True)
+    probe = temp_name(os.path.join(folder, "probe"))
+    os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    os.remove(probe)
+
+
 def write_atomic(path, write, binary=False, sync=False):
     """write(file) into a fresh temp file beside `path`, then rename it to `path` (after an fsync
     when `sync`), so a reader sees the old file or the whole new one. Temp files that killed

@@ -1,7 +1,8 @@
 """Video probing, frame streaming with timestamp-based fps resampling, and an atomic mp4 writer.
 
 Probing and writing run the ffmpeg binary bundled with imageio-ffmpeg (no system ffmpeg needed);
-decoding uses cv2.VideoCapture. Every user-facing failure is a one-line InputError.
+decoding uses cv2.VideoCapture. Both open a user's file as self-contained media only
+(utils/ffmpeg.py). Every user-facing failure is a one-line InputError.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from talkingface.utils.audio import _check_input_file, _ffmpeg_error_line, ffmpeg_exe, has_audio_stream
+from talkingface.utils.audio import has_audio_stream
 from talkingface.utils.errors import InputError
-from talkingface.utils.files import remove_stale_temp_files, temp_name
+from talkingface.utils.ffmpeg import (check_input_file, error_line, ffmpeg_exe, input_args, is_refused, open_capture,
+                                      refused)
+from talkingface.utils.files import probe_writable, remove_stale_temp_files, temp_name
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +35,18 @@ VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", "
                               ".wmv", ".ts", ".3gp"})
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 STILL_IMAGE_FPS = 25.0  # a still image is treated as one frame of a 25 fps video
+
+
+MAX_FPS = 1000.0  # beyond it a rate is a broken header, not a video
+MAX_SIDE = 8192   # frames larger than 8K are refused before decoding (one would take 200 MB)
+
+
+def check_fps(fps, what: str = "fps") -> float:
+    """`fps` as a float when it is a real frame rate (0 < fps <= MAX_FPS), else a one-line InputError."""
+    if isinstance(fps, (bool, np.bool_)) or not isinstance(fps, (int, float, np.number)) \
+            or not math.isfinite(fps) or not 0 < fps <= MAX_FPS:
+        raise InputError(f"{what} must be a frame rate above 0 and at most {MAX_FPS:g} (got {str(fps)[:40]})")
+    return float(fps)
 
 
 @dataclass(frozen=True)
@@ -81,21 +96,24 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
     A still image gives one frame at 25 fps. Raises InputError for a missing, empty or corrupt
     file and for a file without a video stream.
     """
-    path = _check_input_file(path, "Video file")
+    path = check_input_file(path, "Video file")
     if is_image(path):
         image = _read_image(path)
+        _check_size(image.shape[1], image.shape[0], path)
         return VideoInfo(STILL_IMAGE_FPS, 1, image.shape[1], image.shape[0], False, 1 / STILL_IMAGE_FPS)
     # Stream copy to the null muxer: demuxes every packet (exact frame count) without decoding.
-    cmd = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-i", str(path),
+    cmd = [ffmpeg_exe(), "-nostdin", "-hide_banner", *input_args(path),
            "-map", "0:v:0", "-c", "copy", "-f", "null", "-"]
     proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     err = proc.stderr.decode("utf-8", "replace")
+    if is_refused(err):
+        raise refused(path, "Video file")
     streams = _STREAM_RE.findall(err)
     video = next((desc for kind, desc in streams if kind == "Video"), None)
     if proc.returncode != 0 or video is None:
         if "matches no streams" in err or (proc.returncode == 0 and video is None):
             raise InputError(f"No video stream in {path}: give a video file or an image")
-        raise InputError(f"Cannot read video {path}: {_ffmpeg_error_line(proc.stderr)}")
+        raise InputError(f"Cannot read video {path}: {error_line(proc.stderr)}")
     size = _SIZE_RE.search(video)
     if size is None:
         raise InputError(f"Cannot read the frame size of {path}: the file may be corrupt")
@@ -103,6 +121,7 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
     rotation = _ROTATION_RE.search(err)
     if rotation and round(abs(float(rotation.group(1)))) % 180 == 90:
         width, height = height, width  # decoders apply the display rotation
+    _check_size(width, height, path)
     fps = _parse_rate(_FPS_RE.search(video)) or _parse_rate(_TBR_RE.search(video))
     counts = _FRAME_RE.findall(err)
     n_frames = int(counts[-1]) if counts else 0
@@ -112,6 +131,12 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         raise InputError(f"Video {path} has no frames: the file is empty or corrupt")
     has_audio = any(kind == "Audio" for kind, _ in streams)
     return VideoInfo(float(fps), n_frames, width, height, has_audio, n_frames / fps)
+
+
+def _check_size(width: int, height: int, path: Path) -> None:
+    if max(width, height) > MAX_SIDE:
+        raise InputError(f"{path.name}: frames of {width}x{height} are larger than the {MAX_SIDE} px this toolkit "
+                         "decodes; scale the video down first")
 
 
 def resample_indices(n_src: int, src_fps: float, dst_fps: float) -> np.ndarray:
@@ -136,7 +161,7 @@ def _source_index(out_index: int, ratio: float) -> int:
 
 def _source_fps(cap: cv2.VideoCapture, path: Path) -> float:
     fps = cap.get(cv2.CAP_PROP_FPS)
-    if not fps or not math.isfinite(fps) or fps <= 0 or fps > 1000:
+    if not fps or not math.isfinite(fps) or fps <= 0 or fps > MAX_FPS:
         fps = probe_video(path).fps
     return float(fps)
 
@@ -148,14 +173,15 @@ def iter_frames(path: str | os.PathLike, fps: float | None = None) -> Iterator[n
     screen at time j/fps), so 30, 29.97 or 60 fps sources become 25 fps without drift. The file is
     checked now; decoding happens lazily as the iterator is consumed.
     """
-    path = _check_input_file(path, "Video file")
-    if fps is not None and (not math.isfinite(fps) or fps <= 0):
-        raise InputError(f"Target fps must be positive, got {fps}")
+    path = check_input_file(path, "Video file")
+    if fps is not None:
+        check_fps(fps, "the target fps")
     if is_image(path):
         return iter([_read_image(path)])
-    cap = cv2.VideoCapture(str(path))
+    cap = open_capture(path)
     if not cap.isOpened():
         cap.release()
+        probe_video(path)  # a refused format: says so
         raise InputError(f"Cannot open video {path}: the file is corrupt or not a video")
     try:
         src_fps = _source_fps(cap, path)
@@ -217,16 +243,16 @@ def read_frames(path: str | os.PathLike, fps: float | None = None,
 
 # Containers that take libx264 video and aac audio; a name without a suffix is written as mp4.
 OUTPUT_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv", ".avi")
-def check_output_path(path: str | os.PathLike, inputs=()) -> Path:
+def check_output_path(path: str | os.PathLike, inputs=(), suffixes=OUTPUT_SUFFIXES) -> Path:
     """Check, before any long work, that a video can be written to `path` (one-line InputError
-    if not): not a folder, not one of `inputs`, a container that takes H.264, a folder that
-    exists (it is created) and is writable. Also removes stale temp files of ours in that folder."""
+    if not): not a folder, not one of `inputs`, a container of `suffixes`, a folder that exists
+    (it is created) and is writable. Also removes stale temp files of ours in that folder."""
     path = Path(path)
     if path.is_dir():
-        raise InputError(f"output {path} is an existing folder: give a file name, e.g. {path / 'out.mp4'}")
-    if path.suffix and path.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise InputError(f"output {path} is an existing folder: give a file name, e.g. {path / ('out' + suffixes[0])}")
+    if path.suffix and path.suffix.lower() not in suffixes:
         raise InputError(f"output {path}: cannot write a '{path.suffix}' file; use one of "
-                         f"{', '.join(OUTPUT_SUFFIXES)}")
+                         f"{', '.join(suffixes)}")
     for source in inputs:
         if source is not None and path.exists() and Path(source).exists() and path.samefile(source):
             raise InputError(f"output {path} is also an input: choose another output file")
@@ -234,10 +260,7 @@ def check_output_path(path: str | os.PathLike, inputs=()) -> Path:
     if folder.exists() and not folder.is_dir():
         raise InputError(f"output {path}: {folder} is a file, not a folder; choose another output path")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = temp_name(path)  # the writer's own temp file, created and removed at once
-        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-        os.remove(probe)
+        probe_writable(folder)
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise InputError(f"cannot write to the output folder {folder} ({reason}): choose another output "
@@ -271,15 +294,14 @@ class VideoWriter:
 
     def __init__(self, path: str | os.PathLike, fps: float, audio_path: str | os.PathLike | None = None,
                  crf: int = 18, preset: str = "fast"):
-        if not fps or not math.isfinite(fps) or fps <= 0:
-            raise InputError(f"VideoWriter needs a positive fps, got {fps}")
+        check_fps(fps, "the VideoWriter's fps")
         self.path = check_output_path(path, inputs=(audio_path,))
         self.fps = float(fps)
         self.crf = int(crf)
         self.preset = preset
         self.audio_path = None
         if audio_path is not None:
-            self.audio_path = _check_input_file(audio_path, "Audio file")
+            self.audio_path = check_input_file(audio_path, "Audio file")
             if not has_audio_stream(self.audio_path):
                 raise InputError(f"No audio stream in {self.audio_path}: "
                                  "give a wav/mp3 or a video with sound")
@@ -297,7 +319,7 @@ class VideoWriter:
                "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{width + width % 2}x{height + height % 2}",
                "-r", _rate_string(self.fps), "-i", "pipe:0"]
         if self.audio_path is not None:
-            cmd += ["-i", str(self.audio_path), "-map", "0:v:0", "-map", "1:a:0",
+            cmd += [*input_args(self.audio_path), "-map", "0:v:0", "-map", "1:a:0",
                     "-c:a", "aac", "-b:a", "160k", "-shortest"]
         else:
             cmd += ["-map", "0:v:0"]
@@ -358,7 +380,7 @@ class VideoWriter:
         if self._stderr is None:
             return "no output"
         self._stderr.seek(0)
-        return _ffmpeg_error_line(self._stderr.read())
+        return error_line(self._stderr.read())
 
     def close(self) -> None:
         """Finish encoding, mux the audio and move the file into place."""
