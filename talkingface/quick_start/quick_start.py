@@ -7,7 +7,7 @@ from talkingface.app import serve
 from talkingface.config import Config
 from talkingface.evaluator.evaluator import evaluate_checkpoint
 from talkingface.inference import run_inference
-from talkingface.inference.stream import run_stream
+from talkingface.quick_start.stream_mode import run_stream
 from talkingface.utils import distributed as dist_utils
 from talkingface.utils.logger import init_logger
 from talkingface.utils.registry import PREPROCESSORS, TRAINERS
