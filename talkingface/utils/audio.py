@@ -16,7 +16,7 @@ import re
 import subprocess
 from pathlib import Path
 
-import librosa   # a lazy loader: its parts load on first use (librosa.stft, librosa.filters)
+import librosa   # a lazy loader: its resampler loads only when samples at another rate are given
 import numpy as np
 import soundfile as sf
 
@@ -149,6 +149,12 @@ def check_sample_rate(sample_rate) -> int:
     return int(sample_rate)
 
 
+def _pcm_to_float(pcm: np.ndarray) -> np.ndarray:
+    """Integer PCM scaled to [-1, 1) as ffmpeg decodes it (int16 / 32768); unsigned is offset binary."""
+    half = 2.0 ** (8 * pcm.dtype.itemsize - 1)
+    return (pcm.astype(np.float64) - (half if pcm.dtype.kind == "u" else 0.0)) / half
+
+
 def as_mono_16k(samples, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Audio samples given in memory as the mono float32 16 kHz signal the mel is defined for.
 
@@ -167,10 +173,7 @@ def as_mono_16k(samples, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     if kind not in "iuf":
         raise InputError(f"audio samples must be an array of numbers (float in [-1, 1] or integer "
                          f"PCM), got {type(samples).__name__} of {wav.dtype} with shape {wav.shape}")
-    if kind in "iu":
-        half = 2.0 ** (8 * wav.dtype.itemsize - 1)
-        wav = (wav.astype(np.float64) - (half if kind == "u" else 0.0)) / half
-    wav = wav.astype(np.float32)
+    wav = (_pcm_to_float(wav) if kind in "iu" else wav).astype(np.float32)
     if wav.ndim == 2 and min(wav.shape) <= 8:  # (n, channels) or (channels, n): average them
         wav = wav.mean(axis=int(np.argmin(wav.shape)))
     if wav.ndim != 1:
@@ -198,12 +201,46 @@ def save_wav(path: str | os.PathLike, wav: np.ndarray, sr: int = SAMPLE_RATE) ->
             tmp.unlink()
 
 
+# Slaney's mel scale (librosa's default, htk=False): linear below 1 kHz, logarithmic above.
+_MEL_LINEAR_HZ = 200.0 / 3
+_MEL_LOG_HZ = 1000.0
+_MEL_LOG_STEP = np.log(6.4) / 27.0
+
+
+def _hz_to_mel(hz):
+    hz = np.asanyarray(hz, dtype=np.float64)
+    mel = hz / _MEL_LINEAR_HZ
+    log = hz >= _MEL_LOG_HZ
+    return np.where(log, _MEL_LOG_HZ / _MEL_LINEAR_HZ + np.log(np.maximum(hz, 1e-300) / _MEL_LOG_HZ) / _MEL_LOG_STEP,
+                    mel)
+
+
+def _mel_to_hz(mel):
+    mel = np.asanyarray(mel, dtype=np.float64)
+    log = mel >= _MEL_LOG_HZ / _MEL_LINEAR_HZ
+    return np.where(log, _MEL_LOG_HZ * np.exp(_MEL_LOG_STEP * (mel - _MEL_LOG_HZ / _MEL_LINEAR_HZ)),
+                    _MEL_LINEAR_HZ * mel)
+
+
 @functools.lru_cache(maxsize=None)
 def _mel_basis() -> np.ndarray:
-    """Slaney mel filterbank (80, 401), built once (librosa's default float32, like the official)."""
-    basis = librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=NUM_MELS, fmin=FMIN, fmax=FMAX)
+    """Slaney mel filterbank (80, 401) in float32, the official one (librosa.filters.mel with its
+    defaults), built with numpy: importing librosa and scipy.signal costs seconds per process."""
+    fft_hz = np.fft.rfftfreq(N_FFT, 1.0 / SAMPLE_RATE)
+    mel_hz = _mel_to_hz(np.linspace(_hz_to_mel(FMIN), _hz_to_mel(FMAX), NUM_MELS + 2))
+    widths = np.diff(mel_hz)
+    ramps = np.subtract.outer(mel_hz, fft_hz)
+    basis = np.maximum(0, np.minimum(-ramps[:-2] / widths[:-1, None], ramps[2:] / widths[1:, None]))
+    basis = basis.astype(np.float32)  # rounded before and after the norm, as librosa does: the same bits
+    basis *= (2.0 / (mel_hz[2:] - mel_hz[:-2]))[:, None]  # Slaney norm: each triangle has unit area
     basis.setflags(write=False)
     return basis
+
+
+@functools.lru_cache(maxsize=None)
+def _hann() -> np.ndarray:
+    """The periodic Hann window of the STFT, computed as scipy's get_window("hann", 800) is."""
+    return 0.5 + 0.5 * np.cos(np.linspace(-np.pi, np.pi, WIN_SIZE + 1)[:-1])
 
 
 def melspectrogram(wav: np.ndarray) -> np.ndarray:
@@ -211,23 +248,21 @@ def melspectrogram(wav: np.ndarray) -> np.ndarray:
 
     pre-emphasis 0.97 -> |STFT| (n_fft 800, hop 200, hann 800, centred, constant padding) ->
     Slaney mel (fmin 55, fmax 7600) -> 20*log10(max(1e-5, x)) - 20 -> clip(8*(S+100)/100-4, +-4).
+    Integer PCM is scaled as as_mono_16k does. numpy only, in float64 as the official pipeline.
     """
-    # lazy: scipy.signal takes ~1.5 s to import; preprocessing workers and the scorer's CLI import
-    # this module without computing a mel spectrogram
-    from scipy.signal import lfilter
-
     wav = np.asarray(wav)
     if wav.ndim != 1:
         raise InputError(f"melspectrogram expects mono 1-D audio, got shape {wav.shape}")
     if wav.size == 0:
         raise InputError("Cannot compute a mel spectrogram of empty audio")
-    if np.issubdtype(wav.dtype, np.integer):  # PCM samples: scale to [-1, 1]
-        wav = wav / float(np.iinfo(wav.dtype).max)
-    # float64 throughout, as the official pipeline (lfilter returns float64).
-    emphasized = lfilter([1.0, -PREEMPHASIS], [1.0], wav.astype(np.float64))
-    stft = librosa.stft(y=emphasized, n_fft=N_FFT, hop_length=HOP_SIZE, win_length=WIN_SIZE,
-                        window="hann", center=True, pad_mode="constant")
-    mel = np.dot(_mel_basis(), np.abs(stft))
+    x = _pcm_to_float(wav) if wav.dtype.kind in "iu" else wav.astype(np.float64)
+    emphasized = np.empty_like(x)
+    emphasized[0] = x[0]
+    np.subtract(x[1:], PREEMPHASIS * x[:-1], out=emphasized[1:])
+    padded = np.pad(emphasized, N_FFT // 2)  # centred frames, constant (zero) padding
+    frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP_SIZE]
+    magnitude = np.abs(np.fft.rfft(frames * _hann(), axis=1)).T
+    mel = np.dot(_mel_basis(), magnitude)
     min_level = 10.0 ** (MIN_LEVEL_DB / 20.0)  # 1e-5
     db = 20.0 * np.log10(np.maximum(min_level, mel)) - REF_LEVEL_DB
     normalized = (2 * MAX_ABS_VALUE) * ((db - MIN_LEVEL_DB) / (-MIN_LEVEL_DB)) - MAX_ABS_VALUE

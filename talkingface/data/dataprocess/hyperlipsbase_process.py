@@ -7,7 +7,7 @@ inference and evaluation, streamed here), and each frame's crop is resized to co
 and written as JPEG. Frames without a face never leave an index gap: a clip is
 trimmed to its longest face-bearing run (or skipped when that run is too short to hold a training
 sample). Audio is cut to the kept frames, saved as 16 kHz mono wav, and its mel spectrogram is
-computed once (in the parent process, so workers never load librosa's DSP code). Every clip is written in
+computed once, in the parent process. Every clip is written in
 a temporary folder and renamed when complete, with `.done` inside, so an interrupted run resumes
 where it stopped; videos run in parallel worker processes (spawned, one face detector each). Bad inputs are skipped and reported in
 report.json with the reason; train/val/test filelists are split by video, reproducibly.
@@ -139,8 +139,7 @@ def process_video(task, detector):
     """Frames, boxes, audio and meta of one video into task["tmp_dir"]; returns a report entry.
 
     Never raises for a bad input (the entry says why it was skipped). The clip is finished by
-    `finalize_clip` (mel spectrogram, .done, rename), which runs in the parent process: the
-    workers then never load librosa's and scipy's DSP code, which costs seconds per process.
+    `finalize_clip` (mel spectrogram, .done, rename), which runs in the parent process.
     """
     start = time.time()
     entry = {"video": task["rel"], "clip_id": task["clip_id"]}
