@@ -15,13 +15,16 @@ The metrics of config["metrics"] (METRICS registry, definitions in metrics.py) a
 clip; "mean" is the average of the per-clip values (counts are summed; FID is computed once over
 all frames). Writes config["results_dir"]/metrics.json (strict JSON: inf as "inf") with the
 provenance (split, counts, checkpoints, reference policy, precision, tracker, toolkit commit) and
-logs a table under a header saying the same. Run it on one process only.
+logs a table under a header saying the same. Under torchrun every rank lip-syncs and scores its
+share of the clips (`deal`) and rank 0 merges them into the metrics.json one process writes (the
+same numbers and clip order, plus "world_size"); call it on every rank.
 """
 import itertools
 import logging
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 
 import numpy as np
 from tqdm import tqdm
@@ -34,7 +37,7 @@ from talkingface.inference.arrays import ArraySource
 from talkingface.inference.networks import checkpoint_paths, load_inference_networks
 from talkingface.inference.pipeline import LipSyncer, precision
 from talkingface.utils.audio import FPS, SAMPLES_PER_FRAME, load_audio
-from talkingface.utils.distributed import is_main_process
+from talkingface.utils import distributed as dist_utils
 from talkingface.utils.errors import InputError
 from talkingface.utils.face import crop_resize
 from talkingface.utils.files import write_json_atomic
@@ -47,21 +50,56 @@ from talkingface.utils.video import read_frames
 logger = logging.getLogger(__name__)
 
 
-def score_samples(metrics, samples, progress=None):
-    """Run `metrics` over an iterable of EvalSample: (per_clip {name: values}, mean values)."""
-    per_clip, per_metric = {}, {m.name: [] for m in metrics}
-    for sample in tqdm(samples, desc="evaluate", total=progress, disable=not is_main_process()):
-        values = {"frames": len(sample.generated)}
+@dataclass
+class ScoredClip:
+    """One clip's scores as they travel between ranks: `values` (its per_clip row), and per metric
+    the raw `results` its summarize takes and the `states` its finish takes (FID's features)."""
+    name: str
+    values: dict
+    results: dict
+    states: dict
+
+
+def score_clips(metrics, samples, progress=None):
+    """Run `metrics` over an iterable of EvalSample: a ScoredClip per sample."""
+    scored = []
+    for sample in tqdm(samples, desc="evaluate", total=progress, disable=not dist_utils.is_main_process()):
+        values, results, states = {"frames": len(sample.generated)}, {}, {}
         for metric in metrics:
-            result = metric.compute(sample)
-            per_metric[metric.name].append(result)
-            values.update(result)
-        per_clip[sample.name] = values
+            results[metric.name] = metric.compute(sample)
+            states[metric.name] = metric.clip_state()
+            values.update(results[metric.name])
+        scored.append(ScoredClip(sample.name, values, results, states))
+    return scored
+
+
+def summarize_clips(metrics, scored):
+    """(per_clip {name: values}, mean values) of ScoredClips in their order: each metric's
+    summarize over the clips' results, its finish over their states (FID: all frames at once)."""
+    per_clip = {clip.name: clip.values for clip in scored}
     mean = {"frames": int(sum(v["frames"] for v in per_clip.values()))}
     for metric in metrics:
-        mean.update(metric.summarize(per_metric[metric.name]))
+        metric.restore([clip.states[metric.name] for clip in scored])
+        mean.update(metric.summarize([clip.results[metric.name] for clip in scored]))
         mean.update(metric.finish())
     return per_clip, mean
+
+
+def score_samples(metrics, samples, progress=None):
+    """Run `metrics` over an iterable of EvalSample: (per_clip {name: values}, mean values)."""
+    return summarize_clips(metrics, score_clips(metrics, samples, progress))
+
+
+def clip_frames(clip, max_frames):
+    """Frames of `clip` that evaluation generates (eval_max_frames caps them; 0 = all)."""
+    return min(clip.n_frames, max_frames) if max_frames else clip.n_frames
+
+
+def deal(clips, rank, world_size, max_frames=0):
+    """The clips rank `rank` of `world_size` scores: the longest first, dealt in turn (rank r takes
+    r, r + W, ... of that order), so the ranks' work evens out. Ties keep the split's order."""
+    longest_first = sorted(clips, key=lambda clip: clip_frames(clip, max_frames), reverse=True)
+    return longest_first[rank::world_size]
 
 
 def read_clip_frames(clip, path, n):
@@ -108,21 +146,22 @@ class Evaluator:
                              f"evaluation lip-syncs the source frames; restore them under {self.config['data_root']}")
         return clips
 
-    def _samples(self, syncer, clips, n_videos, sync):
+    def _samples(self, syncer, clips, sample_ids, sync):
+        """EvalSamples of `clips`; those in `sample_ids` also saved as results_dir/samples/<id>.mp4."""
         config = self.config
         max_frames = int(config["eval_max_frames"] or 0)
         size, pad = int(config["crop_size"]), int(config["face_pad_bottom"])
-        for index, clip in enumerate(clips):
-            n = min(clip.n_frames, max_frames) if max_frames else clip.n_frames
+        for clip in clips:
+            n = clip_frames(clip, max_frames)
             wav = load_audio(clip.audio_path)[:n * SAMPLES_PER_FRAME]
             n = min(n, len(wav) // SAMPLES_PER_FRAME)
             real = read_clip_frames(clip, clip.source_video(config["data_root"]), n)
             with tempfile.TemporaryDirectory(prefix="talkingface_eval_") as folder:
-                video = (os.path.join(config["results_dir"], "samples", f"{clip.id}.mp4") if index < n_videos
+                video = (os.path.join(config["results_dir"], "samples", f"{clip.id}.mp4") if clip.id in sample_ids
                          else os.path.join(folder, "output.mp4"))
                 result = syncer.run(ArraySource(real, fps=clip.fps), wav[:n * SAMPLES_PER_FRAME], video)
                 output = read_frames(video, FPS, len(real))
-            if index < n_videos:
+            if clip.id in sample_ids:
                 logger.info("sample video: %s", video)
             pair = cut_pair(output, real, result.boxes, size, pad, sync)
             if pair is None:
@@ -134,26 +173,49 @@ class Evaluator:
             yield EvalSample(name=clip.id, generated=generated, real=truth, fps=clip.fps, sync_crops=sync_crops,
                              wav=wav[:len(output) * SAMPLES_PER_FRAME])
 
+    def _score_share(self, syncer, clips):
+        """(metrics, skipped, this rank's ScoredClips); the first eval_num_sample_videos clips of the
+        split are saved as sample videos by the rank that scores them."""
+        config = self.config
+        metrics, skipped = build_metrics(config, config["metrics"])
+        share = deal(clips, dist_utils.rank(), dist_utils.world_size(), int(config["eval_max_frames"] or 0))
+        sample_ids = {clip.id for clip in clips[:int(config["eval_num_sample_videos"] or 0)]}
+        samples = self._samples(syncer, share, sample_ids, any(m.name == "LSE" for m in metrics))
+        return metrics, skipped, score_clips(metrics, samples, progress=len(share))
+
+    def _facts(self, syncer, split, provenance):
+        """What was scored and with what, for metrics.json and the log's header."""
+        config = self.config
+        commit, modified = toolkit_commit()
+        bf16, int8 = precision(config, syncer.device)
+        return {"model": config["model"], "dataset": config["dataset"], "split": split,
+                **(provenance or {}), "reference_frame": config["reference_frame"],
+                "precision": "int8" if int8 else "bf16" if bf16 else "fp32",
+                "crop_size": int(config["crop_size"]), "tracker": tracker_settings(config),
+                "max_clips": int(config["eval_max_clips"] or 0) or None,
+                "max_frames_per_clip": int(config["eval_max_frames"] or 0) or None,
+                "toolkit_commit": commit, "toolkit_modified": modified, "world_size": dist_utils.world_size()}
+
     def evaluate(self, syncer, split="val", provenance=None):
         """Score `syncer` (a LipSyncer with its networks) on `split`; `provenance`: the checkpoint
-        facts to record (checkpoint, base_checkpoint, global_step)."""
+        facts to record (checkpoint, base_checkpoint, global_step). Under torchrun every rank calls
+        it and scores its share; rank 0 returns the results, the other ranks None."""
         config = self.config
         init_seed(config["seed"], config["reproducible"])
         clips = self._clips(split)
-        n_videos = int(config["eval_num_sample_videos"] or 0)
-        metrics, skipped = build_metrics(config, config["metrics"])
-        commit, modified = toolkit_commit()
-        bf16, int8 = precision(config, syncer.device)
-        facts = {"model": config["model"], "dataset": config["dataset"], "split": split,
-                 **(provenance or {}), "reference_frame": config["reference_frame"],
-                 "precision": "int8" if int8 else "bf16" if bf16 else "fp32",
-                 "crop_size": int(config["crop_size"]), "tracker": tracker_settings(config),
-                 "max_clips": int(config["eval_max_clips"] or 0) or None,
-                 "max_frames_per_clip": int(config["eval_max_frames"] or 0) or None,
-                 "toolkit_commit": commit, "toolkit_modified": modified}
         started = time.time()
-        per_clip, mean = score_samples(metrics, self._samples(syncer, clips, n_videos, any(m.name == "LSE" for m in metrics)), progress=len(clips))
-        results = {**facts, "clips": len(per_clip), "frames": mean["frames"],
+        group = dist_utils.patient_group()   # ranks finish their shares far apart
+        metrics, skipped, scored, error = [], {}, [], None
+        try:
+            metrics, skipped, scored = self._score_share(syncer, clips)
+        except Exception as exc:    # told to every rank below: none may wait for this one forever
+            error = exc
+        dist_utils.raise_if_any_failed(error, group)
+        scored = merge_shares(dist_utils.gather_object(scored, group), clips)
+        per_clip, mean = summarize_clips(metrics, scored)     # elsewhere than rank 0: frees the metrics
+        if not dist_utils.is_main_process():
+            return None
+        results = {**self._facts(syncer, split, provenance), "clips": len(per_clip), "frames": mean["frames"],
                    "metrics": [m.name for m in metrics], "skipped": skipped, "mean": mean, "per_clip": per_clip,
                    "definitions": METRICS_DOC, "notes": NON_FINITE_NOTE, "seconds": round(time.time() - started, 1)}
         path = os.path.join(config["results_dir"], "metrics.json")
@@ -161,6 +223,12 @@ class Evaluator:
         logger.info("%s\n%s", header(results), format_table(per_clip, mean))
         logger.info("metrics written to %s", path)
         return results
+
+
+def merge_shares(shares, clips):
+    """The ranks' ScoredClips (gather_object's list; None off rank 0: none) in the split's order."""
+    order = {clip.id: index for index, clip in enumerate(clips)}
+    return sorted((scored for share in shares or [] for scored in share), key=lambda scored: order[scored.name])
 
 
 def header(results):
@@ -184,13 +252,15 @@ def header(results):
 
 def evaluate_checkpoint(config, split=None):
     """--mode=evaluate for HyperLipsBase / HyperLipsHR: the networks from their checkpoints (as
-    --mode=infer loads them: no optimizer, discriminator or loss network), config["eval_split"]."""
+    --mode=infer loads them: no optimizer, discriminator or loss network), config["eval_split"].
+    Under torchrun every rank calls it (and loads the networks); rank 0 returns the results."""
     base_path, hr_path = checkpoint_paths(config)
     syncer = LipSyncer(config, networks=load_inference_networks(config, config["device"], (base_path, hr_path)))
     main = checkpoint_fingerprint(hr_path or base_path)
     provenance = {"checkpoint": main, "global_step": main["step"]}
     if hr_path is not None:
         provenance["base_checkpoint"] = checkpoint_fingerprint(base_path)
-    write_json_atomic(os.path.join(config["results_dir"], "run.json"),
-                      run_record(config, evaluated_checkpoint=main["path"], evaluated_step=main["step"]))
+    if dist_utils.is_main_process():
+        write_json_atomic(os.path.join(config["results_dir"], "run.json"),
+                          run_record(config, evaluated_checkpoint=main["path"], evaluated_step=main["step"]))
     return Evaluator(config).evaluate(syncer, split or config["eval_split"], provenance)

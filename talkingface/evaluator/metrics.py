@@ -117,6 +117,15 @@ class Metric:
     def finish(self):
         return {}
 
+    def clip_state(self):
+        """What finish() keeps of the clip just computed (picklable; None: nothing), so a process
+        can finish over clips that other processes computed (restore)."""
+        return None
+
+    def restore(self, states):
+        """Make finish() use these clip_state() values, one per clip in clip order, instead of
+        what this process computed."""
+
     def summarize(self, per_clip):
         """Mean over clips of every per-clip value (None values left out, inf kept)."""
         keys = [k for values in per_clip for k in values]
@@ -363,6 +372,13 @@ class FID(Metric):
         self.generated.append(inception.inception_features(self.net, sample.generated, self.device, self.batch_size))
         self.real.append(inception.inception_features(self.net, sample.real, self.device, self.batch_size))
         return {}
+
+    def clip_state(self):
+        return self.generated[-1], self.real[-1]
+
+    def restore(self, states):
+        self.generated = [generated for generated, _ in states]
+        self.real = [real for _, real in states]
 
     def finish(self):
         if not self.generated:

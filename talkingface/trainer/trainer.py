@@ -451,18 +451,23 @@ class Trainer:
         return means
 
     def evaluate(self, split="val"):
-        """Score the trained networks (the metrics in `metrics`): rank 0 hands them to the
-        Evaluator, which runs them through the inference pipeline; the other ranks return None."""
+        """Score the trained networks (the metrics in `metrics`): every rank hands them, unwrapped
+        from DDP (whose forward would wait for the other ranks), to the Evaluator, which runs its
+        share of the clips through the inference pipeline; rank 0 returns the merged results, the
+        other ranks None."""
         self._set_mode(False)
-        if not dist_utils.is_main_process():
-            return None
+        provenance = self._evaluation_provenance() if dist_utils.is_main_process() else None
+        base, hr = (network.eval() if network is not None else None for network in self.inference_networks())
+        return Evaluator(self.config).evaluate(LipSyncer(self.config, (base, hr)), split, provenance)
+
+    def _evaluation_provenance(self):
+        """The checkpoint facts metrics.json records (the checkpoint of this step, if saved)."""
         saved = dict(list_checkpoints(self.checkpoint_dir)).get(self.global_step)
         provenance = {"checkpoint": checkpoint_fingerprint(saved) if saved else {"path": None, "step": self.global_step},
                       "global_step": self.global_step}
         if getattr(self, "base_checkpoint", None):
             provenance["base_checkpoint"] = self.base_checkpoint
-        base, hr = (network.eval() if network is not None else None for network in self.inference_networks())
-        return Evaluator(self.config).evaluate(LipSyncer(self.config, (base, hr)), split, provenance)
+        return provenance
 
     def close(self):
         if self.writer is not None:

@@ -5,6 +5,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from talkingface.utils.errors import TalkingFaceError
+
 
 def is_distributed():
     return dist.is_available() and dist.is_initialized()
@@ -46,7 +48,7 @@ def setup_distributed(device):
 
 def cleanup_distributed():
     if is_distributed():
-        # Ranks may arrive far apart (rank 0 alone evaluates after training): no 30-minute limit here.
+        # Ranks may arrive far apart (rank 0 alone merges and writes results): no 30-minute limit here.
         dist.barrier(group=patient_group())
         dist.destroy_process_group()
 
@@ -83,6 +85,32 @@ def all_gather_object(obj, group=None):
     gathered = [None] * world_size()
     dist.all_gather_object(gathered, obj, group=group)
     return gathered
+
+
+def gather_object(obj, group=None):
+    """Every rank's value of a picklable object, in rank order, on rank 0 (None on the others):
+    unlike all_gather_object, only rank 0 holds them all."""
+    if not is_distributed():
+        return [obj]
+    gathered = [None] * world_size() if is_main_process() else None
+    dist.gather_object(obj, gathered, dst=0, group=group)
+    return gathered
+
+
+def raise_if_any_failed(error, group=None):
+    """Called by every rank with its exception (or None) from work whose results a collective
+    collects next: re-raises `error` here, and on the other ranks raises an error naming the first
+    failed rank (a TalkingFaceError when that was one), so no rank waits forever for a failed one."""
+    if is_distributed():
+        report = None if error is None else (isinstance(error, TalkingFaceError), f"{type(error).__name__}: {error}")
+        failed = [(r, found) for r, found in enumerate(all_gather_object(report, group)) if found is not None]
+    else:
+        failed = []
+    if error is not None:
+        raise error
+    if failed:
+        failed_rank, (user_error, message) = failed[0]
+        raise (TalkingFaceError if user_error else RuntimeError)(f"rank {failed_rank} failed: {message}")
 
 
 def patient_group(timeout=datetime.timedelta(days=7)):
