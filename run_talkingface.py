@@ -60,7 +60,7 @@ INTERRUPTED = {
     "train": "checkpoints and finished clips are kept; run the same command to resume",
     "preprocess": "finished clips are kept; run the same command to resume",
     "evaluate": "the evaluation did not finish and wrote no metrics; run the same command again",
-    "infer": "no output written (the video appears only when a run completes)",
+    "infer": "no output written for the video in progress (a video appears only when its run completes)",
     "app": "the app stopped (a generation it was running wrote no output)",
     "stream": "the stream stopped (a .y4m file output is written only when the stream ends)",
 }

@@ -7,6 +7,7 @@
     frames = lipsync(bgr_frames, samples, sample_rate=16000)   # in memory -> list of BGR frames, 25 fps
     stream = lipsync.stream("face.mp4", infer_batch_size=1)    # audio in chunks -> frames as they are ready
     frames = stream.push(chunk) ...; frames = stream.close()
+    results = lipsync.batch([{"video": "a.mp4", "audio": "a.wav", "output": "o.mp4"}, ...])  # a result per job
 
 It is the pipeline of `--mode=infer` (talkingface.inference.pipeline.LipSyncer), which the web app
 uses too. Errors a user can fix are one-line TalkingFaceError subclasses (utils/errors.py).
@@ -15,6 +16,7 @@ import os
 
 from talkingface.config import Config
 from talkingface.inference.arrays import ArraySource
+from talkingface.inference.batch import jobs_from_rows, run_jobs
 from talkingface.inference.pipeline import FPS, LipSyncer
 from talkingface.utils.audio import SAMPLE_RATE, as_mono_16k
 
@@ -84,6 +86,19 @@ class LipSync:
             video = ArraySource(video, fps=fps)
         return self._syncer.stream(video if not isinstance(video, os.PathLike) else str(video),
                                    profiler=profiler, **settings)
+
+    def batch(self, rows, report=None, progress=True):
+        """Run many jobs with this model, as --mode=infer --jobs=CSV does (talkingface/inference/batch.py).
+
+        rows: dicts {video, audio, output, **settings} (files; settings: that row's inference
+        settings); the rows are checked as a whole first (ConfigError: unknown keys, two rows with
+        one output, an output that is an input). A row whose output exists is skipped; a row that
+        fails is recorded and the others still run. report: a JSON file to write the results to,
+        or None; progress: a progress bar over the rows. Returns one dict per row, in row order:
+        row (1 = the first), status ("done" | "skipped" | "failed"), error (its one line, or
+        None), video, audio, output, settings, seconds, worker (the rank that ran it).
+        """
+        return run_jobs(self._syncer, jobs_from_rows(rows), None if report is None else str(report), progress)
 
     def __call__(self, video, audio, output=None, **kwargs):
         """run(), returning the output path when `output` is given, else the list of frames."""

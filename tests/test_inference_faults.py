@@ -95,7 +95,7 @@ def no_decoding(monkeypatch):
 
 def cli(*args):
     return [sys.executable, os.path.join(REPO, "run_talkingface.py"), "--model=HyperLipsBase", "--mode=infer",
-            "--dataset=demo", *map(str, args)]
+            "--dataset=demo", "--device=cpu", *map(str, args)]
 
 
 def temp_files(folder):
@@ -164,7 +164,7 @@ def test_output_naming_a_folder_fails_before_decoding_and_leaves_nothing(inputs,
 
 def test_cli_prints_one_line_for_a_folder_output(inputs, workdir, capsys):
     (workdir / "out").mkdir()
-    rc = run_talkingface.main(["--model=HyperLipsBase", "--mode=infer", "--dataset=demo",
+    rc = run_talkingface.main(["--model=HyperLipsBase", "--mode=infer", "--dataset=demo", "--device=cpu",
                                f"--video={inputs['video']}", f"--audio={inputs['speech']}", "--output=out",
                                f"--checkpoint={inputs['base']}"])
     err = capsys.readouterr().err.strip().splitlines()
@@ -284,7 +284,8 @@ def test_sigterm_during_inference_leaves_nothing(inputs, tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err
     last = err.strip().splitlines()[-1]
-    assert last == "terminated: no output written (the video appears only when a run completes)", err
+    assert last == ("terminated: no output written for the video in progress (a video appears only when its run "
+                    "completes)"), err
     assert "Traceback" not in err
     assert os.listdir(out_dir) == [] and os.listdir(tmp_dir) == []  # no partial video, no frame cache
 

@@ -290,6 +290,7 @@ SPECS = {
     "sync_vshift": _COUNT,
     # inference
     "infer_batch_size": _BATCH,
+    "num_infer_workers": Int(1, 64),  # each loads the networks: more than 64 only thrash one machine
     "reference_frame": Choice("first", "same", "half_clip"),
     "infer_mask_feather": Float(0, 1),
     "infer_landmark_window": _POSITIVE,

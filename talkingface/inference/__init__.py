@@ -1,4 +1,6 @@
-"""Lip-sync a video or a photo to an audio track with a trained HyperLips model (--mode=infer)."""
+"""Lip-sync a video or a photo to an audio track with a trained HyperLips model (--mode=infer),
+or a CSV of such jobs (--jobs, batch.py)."""
 from talkingface.inference.pipeline import InferenceResult, LipSyncer, run_inference
+from talkingface.inference.batch import run_batch
 
-__all__ = ["run_inference", "InferenceResult", "LipSyncer"]
+__all__ = ["run_inference", "run_batch", "InferenceResult", "LipSyncer"]

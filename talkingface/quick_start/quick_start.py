@@ -6,7 +6,7 @@ import torch
 from talkingface.app import serve
 from talkingface.config import Config
 from talkingface.evaluator.evaluator import evaluate_checkpoint
-from talkingface.inference import run_inference
+from talkingface.inference import run_batch, run_inference
 from talkingface.quick_start.stream_mode import run_stream
 from talkingface.utils import distributed as dist_utils
 from talkingface.utils.logger import init_logger
@@ -44,7 +44,7 @@ def run(model, dataset, config_files=None, config_dict=None):
     logger.info("%s on %s, mode %s, device %s", model, dataset, mode, config["device"])
     try:
         if mode == "infer":
-            return run_inference(config)
+            return run_batch(config) if config["jobs"] else run_inference(config)
         if mode == "stream":
             return run_stream(config)
         if mode == "app":
@@ -52,7 +52,7 @@ def run(model, dataset, config_files=None, config_dict=None):
         if mode == "evaluate" and model in ("HyperLipsBase", "HyperLipsHR"):
             # The clips and their source videos, lip-synced as --mode=infer does: no trainer, no HR data.
             preprocess(config, "HyperLipsBasePreprocessor")
-            return evaluate_checkpoint(config) if dist_utils.is_main_process() else None
+            return evaluate_checkpoint(config)   # every rank scores its share; rank 0 gets the results
         preprocess(config)
         if mode == "preprocess":
             return None
