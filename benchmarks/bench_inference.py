@@ -27,7 +27,7 @@ time is counted) and reports int8_speedup the same way.
 prints their peak RSS: streaming keeps them about equal.
 Prints one JSON object per run, and a summary list at the end.
 
-Latest figures, with the commands that made them: README.md, Benchmarks.
+Latest figures, with the commands that made them: docs/benchmarks.md and docs/realtime.md.
 """
 import argparse
 import os

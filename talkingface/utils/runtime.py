@@ -7,7 +7,7 @@ map of 10 frames is 42 MB): on the 2-core test machine that page-faulting made e
 on such maps several times slower than their arithmetic (tests/test_runtime.py counts the faults).
 `keep_freed_memory` makes malloc serve large blocks from its heap and keep what is freed for the
 next step. The price is resident memory: nothing freed goes back to the kernel, and the heap
-fragments, so peak RSS grows (README, Benchmarks: bench_train.py with and without the opt-out).
+fragments, so peak RSS grows (docs/benchmarks.md: bench_train.py with and without the opt-out).
 
 Opt out with TALKINGFACE_DEFAULT_MALLOC=1 (for example to compare with an untuned process).
 """
