@@ -207,6 +207,23 @@ class ListOf(Spec):
         return None if any(v is None for v in items) else items
 
 
+class SplitFiles(Spec):
+    """`~` (the split is drawn), or split names (train, val, test) mapped to the files listing their clips."""
+
+    names = ("train", "val", "test")
+    expects = "~ or a mapping of train, val and/or test to file paths"
+
+    def check(self, key, value):
+        if value is None:
+            return None
+        if not isinstance(value, dict) or not value:
+            raise ConfigError(f"{key} must be {self.expects} (got {show_value(value)})")
+        unknown = [name for name in value if name not in self.names]
+        if unknown:
+            raise ConfigError(f"{key} names an unknown split {show_value(unknown[0])}: use train, val or test")
+        return {name: Path().check(f"{key}.{name}", path) for name, path in value.items()}
+
+
 class Fixed(Spec):
     """A value the code is built for: it is read, and documented in YAML, but cannot change."""
 
@@ -275,6 +292,7 @@ SPECS = {
     "val_ratio": _RATIO,
     "test_ratio": _RATIO,
     "split_seed": Int(0, 2 ** 32 - 1),  # numpy's seed limit
+    "split_files": SplitFiles(),
     "samples_per_epoch": _COUNT,
     "val_windows_per_clip": _POSITIVE,
     "demo_num_clips": _POSITIVE,

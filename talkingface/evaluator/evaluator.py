@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
+from talkingface.data.dataprocess.hyperlipsbase_process import split_file_records
 from talkingface.data.dataset.clip import Clip, read_filelist
 from talkingface.evaluator.metrics import METRICS_DOC, EvalSample, build_metrics
 from talkingface.evaluator.report import NON_FINITE_NOTE, format_table, json_safe
@@ -188,7 +189,9 @@ class Evaluator:
         config = self.config
         commit, modified = toolkit_commit()
         bf16, int8 = precision(config, syncer.device)
+        split_files = split_file_records(config)   # a published split: which lists made the filelists
         return {"model": config["model"], "dataset": config["dataset"], "split": split,
+                **({"split_files": split_files} if split_files else {}),
                 **(provenance or {}), "reference_frame": config["reference_frame"],
                 "precision": "int8" if int8 else "bf16" if bf16 else "fp32",
                 "crop_size": int(config["crop_size"]), "tracker": tracker_settings(config),

@@ -10,7 +10,9 @@ sample). Audio is cut to the kept frames, saved as 16 kHz mono wav, and its mel 
 computed once, in the parent process. Every clip is written in
 a temporary folder and renamed when complete, with `.done` inside, so an interrupted run resumes
 where it stopped; videos run in parallel worker processes (spawned, one face detector each). Bad inputs are skipped and reported in
-report.json with the reason; train/val/test filelists are split by video, reproducibly.
+report.json with the reason; train/val/test filelists are split by video, reproducibly, or follow
+the dataset's published split files (config["split_files"]: clips listed but missing or skipped are
+named in report.json, and editing a list rewrites the filelists only).
 
 A video without an audio track takes its speech from a same-named audio file beside it
 (clip01.mp4 + clip01.wav, .m4a, .mp3, .aac or .flac; utils.audio.audio_source_for). Under torchrun
@@ -115,6 +117,108 @@ def split_clip_ids(clip_ids, val_ratio, test_ratio, seed):
             n_val -= 1
     return {"val": sorted(ordered[:n_val]), "test": sorted(ordered[n_val:n_val + n_test]),
             "train": sorted(ordered[n_val + n_test:])}
+
+
+# ----------------------------------------------------------------------------------------------
+# Published splits: config["split_files"] names a list of clips per split instead of a draw
+
+def split_file_paths(config):
+    """{split: path} of config["split_files"] (relative to data_root or absolute); {} without."""
+    return {split: os.path.join(config["data_root"], path) for split, path in (config["split_files"] or {}).items()}
+
+
+def _split_file_bytes(split, path):
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise InputError(f"cannot read the {split} split file {path} (split_files.{split}, relative to data_root "
+                         f"or absolute): {exc.strerror or type(exc).__name__}") from None
+
+
+def split_file_hashes(paths):
+    """{split: sha256 of its file}: the filelists are made again when a list changes."""
+    return {split: hashlib.sha256(_split_file_bytes(split, path)).hexdigest() for split, path in paths.items()}
+
+
+def split_file_records(config):
+    """{split: {"path", "sha256"}} of the dataset's split files (an evaluation's provenance); None
+    when the split is drawn. A file gone since preprocessing gets sha256 null, not an error."""
+    records = {}
+    for split, path in split_file_paths(config).items():
+        try:
+            digest = split_file_hashes({split: path})[split]
+        except InputError:
+            digest = None
+        records[split] = {"path": os.path.abspath(path), "sha256": digest}
+    return records or None
+
+
+def read_split_file(split, path):
+    """The clip names a split file lists: the first word of each non-blank line (LRS2's test list
+    adds a second, NF/MV), relative to data_root, with or without the video's extension."""
+    try:
+        text = _split_file_bytes(split, path).decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise InputError(f"the {split} split file {path} is not a UTF-8 text file of clip names") from None
+    return [line.split()[0] for line in text.splitlines() if line.strip()]
+
+
+def _name_key(name):
+    """A listed name or a video's relative path, compared with '/' separators and no './'."""
+    return os.path.normpath(name).replace(os.sep, "/")
+
+
+def follow_split_files(lists, report):
+    """(filelists {split: clip ids}, summary for report.json) from {split: listed names}.
+
+    A name matches a video of `report` (entries by relative path) by its path, with or without
+    the extension. Names of no video are "missing", of a skipped video "dropped" (with the reason);
+    clips in no list are in no filelist ("unlisted"); a split without a file gets an empty list.
+    """
+    by_name = {}
+    for rel, entry in sorted(report.items()):
+        by_name[_name_key(rel)] = entry
+        by_name.setdefault(os.path.splitext(_name_key(rel))[0], entry)
+    splits, summary = {split: [] for split in SPLITS}, {}
+    for split, names in lists.items():
+        found, missing, dropped = set(), [], []
+        for name in names:
+            entry = by_name.get(_name_key(name))
+            if entry is None:
+                missing.append(name)
+            elif entry["status"] != "ok":
+                dropped.append({"clip": name, "reason": entry["reason"]})
+            else:
+                found.add(entry["clip_id"])
+        splits[split] = sorted(found)
+        summary[split] = {"listed": len(names), "found": len(found), "missing": missing, "dropped": dropped}
+    listed = set().union(*splits.values())
+    unlisted = sorted(e["clip_id"] for e in report.values() if e["status"] == "ok" and e["clip_id"] not in listed)
+    summary["unlisted"] = {"count": len(unlisted), "examples": unlisted[:5],
+                           "note": "clips found in data_root but in no split file: in no filelist"}
+    return splits, summary
+
+
+def _log_split_files(summary, splits, paths):
+    """A warning per split file with clips missing or dropped, or per two sharing clips; the
+    count of clips in no list."""
+    for split, path in paths.items():
+        part = summary[split]
+        if part["missing"] or part["dropped"]:
+            examples = [*part["missing"][:1], *(f"{d['clip']} ({d['reason']})" for d in part["dropped"][:1])]
+            logger.warning("%s split file %s: %d clips listed, %d found; %d missing from data_root, %d dropped by "
+                           "preprocessing (e.g. %s; see report.json)", split, path, part["listed"], part["found"],
+                           len(part["missing"]), len(part["dropped"]), ", ".join(examples))
+    for i, a in enumerate(SPLITS):
+        for b in SPLITS[i + 1:]:
+            both = set(splits[a]) & set(splits[b])
+            if both:  # a published split should not: the scores would include training clips
+                logger.warning("%d clips (e.g. %s) are in both the %s and the %s split files",
+                               len(both), min(both), a, b)
+    if summary["unlisted"]["count"]:
+        logger.info("%d clips in data_root are in no split file and so in no filelist (e.g. %s)",
+                    summary["unlisted"]["count"], summary["unlisted"]["examples"][0])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -363,6 +467,7 @@ class HyperLipsBasePreprocessor:
         # Settings that only change the filelists.
         self.split_params = {"val_ratio": config["val_ratio"], "test_ratio": config["test_ratio"],
                              "split_seed": config["split_seed"]}
+        self.split_files = split_file_paths(config)  # {split: path}: follow these lists instead of a draw
         self.workers = int(config["num_preprocess_workers"]) or usable_cpus()
         self.generate_demo = bool(config["generate_demo"])
         self._check_params()
@@ -378,6 +483,7 @@ class HyperLipsBasePreprocessor:
         for key in ("val_ratio", "test_ratio"):
             if not 0 <= self.split_params[key] < 1:
                 raise ConfigError(f"{key} must lie in [0, 1), got {self.split_params[key]}")
+        split_file_hashes(self.split_files)  # an unreadable list: one line on every rank, before any work
 
     @property
     def manifest_path(self):
@@ -395,7 +501,13 @@ class HyperLipsBasePreprocessor:
     def current_manifest(self):
         videos = {rel: _source_stamp(os.path.join(self.data_root, rel))
                   for rel in find_videos(self.data_root, exclude=self.root)} if os.path.isdir(self.data_root) else {}
-        return {"version": MANIFEST_VERSION, "params": self.params, "split": self.split_params, "videos": videos}
+        return {"version": MANIFEST_VERSION, "params": self.params, "split": self._split_stamp(), "videos": videos}
+
+    def _split_stamp(self):
+        """What the filelists are made from: the split files' contents, or the draw's settings."""
+        if self.split_files:
+            return {"files": split_file_hashes(self.split_files)}
+        return self.split_params
 
     def is_stale(self):
         """True when the preprocessed data is missing, incomplete or made from other videos/settings."""
@@ -546,7 +658,9 @@ class HyperLipsBasePreprocessor:
         if unseen:  # made by another rank in a folder this one does not see
             raise InputError(f"{len(unseen)} finished clips (e.g. {unseen[0]}) are missing from {self.root}: "
                              "with several machines, preprocessed_root must be on a filesystem they all share")
-        write_json_atomic(os.path.join(self.root, "report.json"), dict(sorted(report.items())), indent=1)
+        splits, listed = self._splits(report, ok)
+        write_json_atomic(os.path.join(self.root, "report.json"),
+                          {**dict(sorted(report.items())), **({"split_files": listed} if listed else {})}, indent=1)
         sidecars = sorted(e["video"] for e in report.values() if e["status"] == "ok" and e.get("audio_source"))
         for video in sidecars:
             logger.debug("%s: audio from %s beside it", video, report[video]["audio_source"])
@@ -556,8 +670,6 @@ class HyperLipsBasePreprocessor:
         if not ok:
             raise InputError(f"no usable clip in {self.data_root}: every video was skipped "
                              f"(reasons in {os.path.join(self.root, 'report.json')})")
-        splits = split_clip_ids(ok, self.split_params["val_ratio"], self.split_params["test_ratio"],
-                                self.split_params["split_seed"])
         os.makedirs(os.path.join(self.root, "filelists"), exist_ok=True)
         for split, clip_ids in splits.items():
             write_text_atomic(filelist_path(self.root, split), "".join(f"{c}\n" for c in clip_ids))
@@ -567,6 +679,19 @@ class HyperLipsBasePreprocessor:
                     " (see report.json)" if skipped else "")
         # Written last: its presence says the whole preprocessing finished.
         write_json_atomic(self.manifest_path, {"manifest": manifest}, indent=1)
+
+    def _splits(self, report, ok):
+        """(filelists, the split files' summary for report.json or None): the split files' lists
+        when the dataset names them, else the seeded draw over the usable clips `ok`."""
+        if not self.split_files:
+            return split_clip_ids(ok, self.split_params["val_ratio"], self.split_params["test_ratio"],
+                                  self.split_params["split_seed"]), None
+        lists = {split: read_split_file(split, path) for split, path in self.split_files.items()}
+        splits, summary = follow_split_files(lists, report)
+        for split, path in self.split_files.items():
+            summary[split] = {"path": os.path.abspath(path), **summary[split]}
+        _log_split_files(summary, splits, self.split_files)
+        return splits, summary
 
 
 def _log_entry(entry):
