@@ -25,11 +25,19 @@ from talkingface.utils.video import probe_video
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
-TIMEOUT = 90  # seconds for one generation on a busy 2-core machine
+# Waits end as soon as their condition holds (or the app process dies); the limits only stop a hung
+# run, so they are generous: a busy 2-core machine can take minutes for what usually takes seconds.
+TIMEOUT = 600  # seconds for one generation
+WAIT = 180     # seconds for a page element, the app's start, its exit
+
+
+def _on_ci():
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
 def _browser():
-    """(chromium, chromedriver, selenium webdriver module), or skip saying what is missing."""
+    """(chromium, chromedriver, selenium webdriver module), or skip saying what is missing; on CI
+    (CI=true, where .ci/run installs them) a missing browser fails the test instead."""
     missing = []
     try:
         from selenium import webdriver
@@ -41,8 +49,25 @@ def _browser():
     if chromium is None or driver is None:
         missing.append("chromium / chromedriver (apt-get install chromium chromium-driver)")
     if missing:
-        pytest.skip("browser test needs " + " and ".join(missing))
+        message = "browser test needs " + " and ".join(missing)
+        if _on_ci():
+            pytest.fail(f"{message}: CI is set, where the browser tests must run, not skip", pytrace=False)
+        pytest.skip(message)
     return chromium, driver, webdriver
+
+
+def test_a_missing_browser_fails_on_ci_and_skips_elsewhere(monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: None)   # no chromium, no chromedriver
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="chromium / chromedriver .*CI is set"):
+        _browser()
+    for unset in ("", "false"):
+        monkeypatch.setenv("CI", unset)
+        with pytest.raises(pytest.skip.Exception, match="chromium / chromedriver"):
+            _browser()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="chromium / chromedriver"):
+        _browser()
 
 
 def _free_port():
@@ -82,10 +107,10 @@ def server(random_base_checkpoint, tmp_path_factory):
                              f"--checkpoint_root={root / 'checkpoints'}", f"--results_root={root / 'results'}"],
                             cwd=root, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 120
+    deadline = time.time() + WAIT
     while True:
         try:
-            urllib.request.urlopen(url, timeout=2).read()
+            urllib.request.urlopen(url, timeout=10).read()
             break
         except OSError:
             log.seek(0)
@@ -95,7 +120,7 @@ def server(random_base_checkpoint, tmp_path_factory):
     yield {"url": url, "proc": proc, "log": log, "port": port, "root": root}
     proc.send_signal(signal.SIGTERM)
     try:
-        assert proc.wait(timeout=30) == 143
+        assert proc.wait(timeout=WAIT) == 143
         log.seek(0)
         assert log.read().strip().splitlines()[-1].startswith("terminated: the app stopped")
     finally:
@@ -121,7 +146,8 @@ def browser(server):
     browser.quit()
 
 
-def _find(browser, css, timeout=30, condition=lambda elements: elements):
+def _find(browser, css, timeout=WAIT, condition=lambda elements: elements, server=None):
+    """The elements of `css` once `condition` holds; fails at once if the `server` process died."""
     from selenium.webdriver.common.by import By
 
     deadline = time.time() + timeout
@@ -129,6 +155,9 @@ def _find(browser, css, timeout=30, condition=lambda elements: elements):
         elements = browser.find_elements(By.CSS_SELECTOR, css)
         if condition(elements):
             return elements
+        if server is not None and server["proc"].poll() is not None:
+            server["log"].seek(0)
+            raise AssertionError(f"the app exited while waiting for {css}: {server['log'].read()[-2000:]}")
         time.sleep(0.2)
     raise AssertionError(f"{css} did not appear within {timeout} s; status: {_status(browser)}")
 
@@ -140,9 +169,9 @@ def _status(browser):
     return found[0].text.strip() if found else ""
 
 
-def _submit(browser, url, video, audio):
+def _submit(browser, server, video, audio):
     """Open the page, upload the two files, press Lip-sync; returns the status line once shown."""
-    browser.get(url)
+    browser.get(server["url"])
     _find(browser, "#run")
     _find(browser, "#video_in input[type=file]")[0].send_keys(str(video))
     _find(browser, "#video_in video")  # uploaded and shown
@@ -156,7 +185,7 @@ def _submit(browser, url, video, audio):
         progress.update(word for word in ("finding the face", "lip-syncing") if word in text)
         return found and found[0].text.strip().startswith(("done:", "error:"))
 
-    _find(browser, "#status", timeout=TIMEOUT, condition=finished)
+    _find(browser, "#status", timeout=TIMEOUT, condition=finished, server=server)
     return _status(browser), progress
 
 
@@ -173,12 +202,12 @@ def _requested_hosts(browser):
 
 @pytest.mark.slow
 def test_generates_a_video_with_the_audio_length_and_input_size(server, browser, demo_media, tmp_path):
-    status, progress = _submit(browser, server["url"], demo_media["video"], demo_media["audio"])
+    status, progress = _submit(browser, server, demo_media["video"], demo_media["audio"])
     assert status.startswith("done:"), status
     assert "lip-syncing" in progress  # the progress bar's stage, shown while it ran
     source = _find(browser, "#result video", condition=lambda v: v and v[0].get_attribute("src"))[0]
     downloaded = tmp_path / "result.mp4"
-    with urllib.request.urlopen(source.get_attribute("src"), timeout=30) as response:
+    with urllib.request.urlopen(source.get_attribute("src"), timeout=WAIT) as response:
         downloaded.write_bytes(response.read())
     info, video = probe_video(downloaded), probe_video(demo_media["video"])
     n_audio = n_video_frames_for_audio(len(load_audio(demo_media["audio"])))
@@ -199,10 +228,10 @@ def test_a_file_without_a_face_shows_the_cli_error_line(server, browser, demo_me
     with pytest.raises(InputError) as info:  # what the CLI prints, as "error: <message>"
         LipSync("HyperLipsBase", checkpoint=random_base_checkpoint["path"], dataset="demo", device="cpu")(
             demo_media["noface"], demo_media["audio"], tmp_path / "o.mp4")
-    status, _ = _submit(browser, server["url"], demo_media["noface"], demo_media["audio"])
+    status, _ = _submit(browser, server, demo_media["noface"], demo_media["audio"])
     assert status == f"error: {info.value}"
     assert server["proc"].poll() is None  # the server lives on
-    urllib.request.urlopen(server["url"], timeout=5).read()
+    urllib.request.urlopen(server["url"], timeout=WAIT).read()
 
 
 def _save_small_png(browser, path):
@@ -222,9 +251,10 @@ def _save_small_png(browser, path):
 @pytest.mark.slow
 def test_a_taken_port_is_a_one_line_error(server):
     taken = subprocess.run([sys.executable, os.path.join(REPO, "run_talkingface.py"), "--mode=app", "--dataset=demo",
-                            f"--port={server['port']}", f"--checkpoint_root={server['root'] / 'checkpoints'}",
+                            f"--port={server['port']}", "--device=cpu",
+                            f"--checkpoint_root={server['root'] / 'checkpoints'}",
                             f"--results_root={server['root'] / 'results'}"],
-                           cwd=server["root"], capture_output=True, text=True, timeout=120)
+                           cwd=server["root"], capture_output=True, text=True, timeout=WAIT)
     assert taken.returncode == 2
     assert taken.stderr.strip().splitlines()[-1].startswith(f"error: cannot serve on 127.0.0.1:{server['port']}: "
                                                             "the port is taken")
@@ -416,16 +446,16 @@ def test_sigterm_stops_the_app_with_a_terminated_line_and_143(random_base_checkp
                              f"--checkpoint_root={root / 'checkpoints'}", f"--results_root={root / 'results'}"],
                             cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.time() + 120
+        deadline = time.time() + WAIT
         while True:
             try:
-                urllib.request.urlopen(f"http://127.0.0.1:{free_port}/", timeout=2).read()
+                urllib.request.urlopen(f"http://127.0.0.1:{free_port}/", timeout=10).read()
                 break
             except OSError:
-                assert proc.poll() is None and time.time() < deadline, proc.communicate(timeout=30)
+                assert proc.poll() is None and time.time() < deadline, proc.communicate(timeout=WAIT)
                 time.sleep(0.5)
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=WAIT)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -250,10 +250,22 @@ def test_cli_preprocess_of_a_two_key_dataset_with_no_videos_is_one_line(own_data
 
 
 def test_every_model_builds_with_every_dataset():
-    """The shipped defaults pass their own checks."""
+    """The shipped defaults pass their own checks, and come out of them unchanged."""
+    import torch
+
+    assert {"HyperLipsBase", "HyperLipsHR", "SyncNet"} <= set(available("model"))
+    assert {"MEAD", "demo"} <= set(available("dataset"))
     for model in available("model"):
         for dataset in available("dataset"):
-            Config(model=model, dataset=dataset)
+            config = Config(model=model, dataset=dataset)
+            assert (config["model"], config["dataset"], config["mode"]) == (model, dataset, "train")
+            defaults = {**layer("overall"), **layer("dataset", dataset), **layer("model", model)}
+            changed = {key: (value, config[key]) for key, value in defaults.items()
+                       if key != "device" and config[key] != value}
+            assert changed == {}, f"{model} on {dataset}: the checks changed shipped defaults {changed}"
+            assert isinstance(config["device"], torch.device)
+            assert config["checkpoint_dir"] == os.path.join(config["checkpoint_root"], dataset, model)
+            assert config["results_dir"] == os.path.join(config["results_root"], dataset, model)
 
 
 # --- typed values ---------------------------------------------------------------------------------

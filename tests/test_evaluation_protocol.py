@@ -38,7 +38,9 @@ def test_evaluate_equals_the_scorer_on_the_infer_output(demo_split_data, random_
     assert results["split"] == "test" and results["clips"] == 1 and results["frames"] == clip.n_frames
     assert results["checkpoint"]["path"] == os.path.abspath(random_base_checkpoint["path"])
     assert results["checkpoint"]["step"] == 1 and len(results["checkpoint"]["sha256"]) == 64
-    assert results["reference_frame"] == "first" and results["precision"] in ("fp32", "bf16")
+    # infer_bf16 is left at auto: bf16 exactly where this CPU runs it natively
+    assert results["reference_frame"] == "first"
+    assert results["precision"] == ("bf16" if _native_bf16_cpu() else "fp32")
     assert results["tracker"]["face_min_size"] == 24 and "toolkit_commit" in results
 
     source = clip.meta["source"]
@@ -54,6 +56,32 @@ def test_evaluate_equals_the_scorer_on_the_infer_output(demo_split_data, random_
     assert abs(scored["SSIM"] - evaluated["SSIM"]) < 0.005
     assert abs(scored["LMD"] - evaluated["LMD"]) < 0.1 * evaluated["LMD"] + 1e-3
     assert evaluated["PSNR"] < 60          # the mouth was generated, not copied
+
+
+def _native_bf16_cpu():
+    """Whether this CPU has native bfloat16 (oneDNN's check), asked of torch itself."""
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def test_use_bf16_auto_means_native_bf16_on_the_cpu():
+    from talkingface.utils.runtime import use_bf16
+    cpu = torch.device("cpu")
+    assert use_bf16(True, cpu) is True and use_bf16(False, cpu) is False
+    assert use_bf16("auto", cpu) is _native_bf16_cpu()
+    assert use_bf16("auto", torch.device("cuda")) is False
+
+
+@pytest.mark.parametrize("settings, expected", [({"infer_bf16": False}, "fp32"), ({"infer_bf16": True}, "bf16"),
+                                                ({"infer_bf16": "auto"}, None),
+                                                ({"infer_bf16": "auto", "infer_int8": True}, "int8")])
+def test_metrics_json_records_the_precision_of_the_settings(settings, expected, tmp_path):
+    from types import SimpleNamespace
+
+    from talkingface.evaluator import Evaluator
+    expected = expected or ("bf16" if _native_bf16_cpu() else "fp32")
+    config = _config({"device": "cpu", "results_root": str(tmp_path)}, **settings)
+    facts = Evaluator(config)._facts(SimpleNamespace(device=torch.device("cpu")), "test", None)
+    assert facts["precision"] == expected
 
 
 # ---------------------------------------------------------------------------- reference frame policy

@@ -153,8 +153,36 @@ def test_syncscore_and_lse_run_with_real_network_shapes(config, tmp_path):
     path = tmp_path / "syncnet_v2.model"
     torch.save({"__S__." + k: v for k, v in SyncNetV2().state_dict().items()}, path)
     config["syncnet_v2_path"] = str(path)
-    values = M.LSE(config).compute(sample)
-    assert np.isfinite(values["LSE-C"]) and values["LSE-D"] > 0 and abs(values["LSE-offset"]) <= 15
+    metric = M.LSE(config)
+    values = metric.compute(sample)
+    assert set(values) == {"LSE-C", "LSE-D", "LSE-offset", "LSE-D@0", "LSE-C@0"}
+    assert np.isfinite(values["LSE-C"]) and values["LSE-D"] > 0 and values["LSE-offset"] in range(-15, 16)
+
+    # LSE's own procedure (official windows, MFCC at 100 Hz, zero-padded offset search) finds a
+    # known offset: a constructed network in place of the official weights, on audio delayed by 10 frames
+    metric.net = LoudnessSyncNetV2()
+    frames, wav = _loudness_clip()
+    aligned = metric.compute(M.EvalSample("aligned", frames, frames, wav))
+    shifted = metric.compute(M.EvalSample("shifted", frames, frames, shift_audio(wav, 10)))
+    assert aligned["LSE-offset"] == 0
+    assert abs(shifted["LSE-offset"] + 10) <= 1
+    assert shifted["LSE-C@0"] < aligned["LSE-C@0"]
+
+
+class LoudnessSyncNetV2(nn.Module):
+    """syncnet_v2's interface, constructed: lips = brightness of the 5 lower halves (N,3,5,224,224),
+    audio = log energy (MFCC coefficient 0) of the 5 frame-long parts of the 20 MFCC columns;
+    both centred and L2-normalised."""
+
+    @staticmethod
+    def _norm(x):
+        return nn.functional.normalize(x - x.mean(1, keepdim=True), dim=1)
+
+    def forward_lip(self, x):
+        return self._norm(x[:, :, :, 112:].mean((1, 3, 4)))
+
+    def forward_aud(self, x):
+        return self._norm(x[:, 0, 0].reshape(len(x), 5, 4).mean(2))
 
 
 def test_syncnet_mfcc_matches_python_speech_features():

@@ -135,7 +135,10 @@ def _run_score(*args):
 
 def test_score_cli_on_frame_folders(tmp_path):
     real = _synthetic_frames(6, 64, seed=3)
-    for name, frames in (("gen", real), ("real", real)):
+    # the generated frames: the real ones with known noise (PNG is lossless, and 64 px needs no resize)
+    noise = np.random.default_rng(4).integers(-12, 13, real.shape)
+    generated = np.clip(real.astype(int) + noise, 0, 255).astype(np.uint8)
+    for name, frames in (("gen", generated), ("real", real)):
         os.makedirs(tmp_path / name)
         for k, frame in enumerate(frames):
             cv2.imwrite(str(tmp_path / name / f"{k}.png"), frame)
@@ -143,7 +146,10 @@ def test_score_cli_on_frame_folders(tmp_path):
                       "--metrics", "PSNR", "SSIM", "--size", "64", "--device", "cpu")
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = _strict_json(proc.stdout)
-    assert result["mean"]["PSNR"] == "inf" and result["mean"]["SSIM"] == 1.0 and result["mean"]["frames"] == 6
+    # PSNR: the mean over frames of 10 log10(255^2 / MSE), computed here with numpy alone
+    mse = ((generated.astype(np.float64) - real.astype(np.float64)) ** 2).reshape(6, -1).mean(axis=1)
+    assert result["mean"]["PSNR"] == pytest.approx(np.mean(10 * np.log10(255.0 ** 2 / mse)), abs=1e-4)
+    assert 0.3 < result["mean"]["SSIM"] < 0.99 and result["mean"]["frames"] == 6
 
     proc = _run_score("--generated", str(tmp_path / "nothing"), "--real", str(tmp_path / "real"))
     assert proc.returncode == 2 and proc.stdout == ""
@@ -152,13 +158,32 @@ def test_score_cli_on_frame_folders(tmp_path):
 
 
 @pytest.mark.slow
-def test_score_cli_on_real_video(samples_dir):
-    video = str(samples_dir / "video1.mp4")
-    proc = _run_score("--generated", video, "--real", video, "--metrics", "PSNR", "LMD",
-                      "--max_frames", "8", "--device", "cpu")
+def test_score_cli_on_real_video(samples_dir, tmp_path):
+    """Two lossless (FFV1) videos of the sample's first 8 frames: the real one with its levels
+    capped at 245, the generated one the same frames 10 levels brighter. The crops of both are cut
+    with the real video's boxes and shrunk alike to 128 px (INTER_AREA: a weighted mean, so the
+    offset carries through), so every crop pixel differs by 10: PSNR = 10 log10(255^2 / 100)."""
+    import subprocess as sp
+
+    from talkingface.utils.ffmpeg import ffmpeg_exe
+    from talkingface.utils.video import read_frames
+    frames = np.stack(read_frames(str(samples_dir / "video1.mp4"), FPS, 8))
+    real = np.minimum(frames, 245)
+    paths = {"real": str(tmp_path / "real.mkv"), "gen": str(tmp_path / "gen.mkv")}
+    for name, video in (("real", real), ("gen", real + 10)):
+        height, width = video.shape[1:3]
+        sp.run([ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "bgr24",
+                "-s", f"{width}x{height}", "-r", str(FPS), "-i", "pipe:0", "-c:v", "ffv1", "-pix_fmt", "bgr0",
+                paths[name]], input=video.tobytes(), check=True)
+        np.testing.assert_array_equal(np.stack(read_frames(paths[name], FPS)), video)   # lossless
+    proc = _run_score("--generated", paths["gen"], "--real", paths["real"], "--metrics", "PSNR", "LMD",
+                      "--size", "128", "--max_frames", "8", "--device", "cpu")
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = _strict_json(proc.stdout)
-    assert result["mean"]["PSNR"] == "inf" and result["mean"]["LMD"] == 0.0 and result["mean"]["LMD-frames"] == 8
+    assert result["mean"]["frames"] == 8 and result["mean"]["LMD-frames"] == 8
+    assert result["mean"]["PSNR"] == pytest.approx(10 * np.log10(255.0 ** 2 / 100), abs=1e-3)
+    # the same face 10 levels brighter: the lip landmarks hardly move (under 1 px of the crop)
+    assert 0 <= result["mean"]["LMD"] < 1 / 128
 
 
 @pytest.mark.slow

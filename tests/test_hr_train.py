@@ -63,14 +63,28 @@ def test_train_step_gives_the_official_step_order_gradients(tmp_path, weights, g
     trainer.train_step(batch)
     assert len(ratios) == 1 and (ratios[0] is None) == (gan_path == "through_d")
 
+    # The official step (Train_hyperlipsHR.py), written out with torch alone: relativistic average
+    # GAN as BCE-with-logits on D(x) - mean D(y), L1 on the whole image, L1 inside each sample's
+    # lip box (x1, y1, x2, y2) averaged over samples; each term times its YAML weight. The VGG and
+    # LPIPS terms are off here (no weight files), so the reference has none.
+    assert trainer.vgg is None and trainer.lpips is None
+    config = trainer.config
+
+    def relativistic(real, fake, real_label):
+        bce = F.binary_cross_entropy_with_logits
+        return (bce(real - fake.mean(), torch.full_like(real, real_label))
+                + bce(fake - real.mean(), torch.full_like(fake, 1.0 - real_label))) / 2
+
+    gt, boxes = batch["gt"], batch["lip_box"].tolist()
     generated = ref_generator(batch["input"])
     with torch.no_grad():
-        score_real = ref_discriminator(batch["gt"])
-    losses = trainer.generator_losses(batch, generated)
-    losses["gan"] = relativistic_loss(score_real, ref_discriminator(generated), real_is_real=False)
-    d_loss = relativistic_loss(ref_discriminator(batch["gt"]), ref_discriminator(generated.detach()),
-                               real_is_real=True)
-    expected = {"generator": flat_gradients(trainer.weighted_total(losses), ref_generator),
+        score_real = ref_discriminator(gt)
+    lip = sum(F.l1_loss(generated[i, :, y1:y2, x1:x2], gt[i, :, y1:y2, x1:x2])
+              for i, (x1, y1, x2, y2) in enumerate(boxes)) / len(boxes)
+    g_loss = (config["gan_weight"] * relativistic(score_real, ref_discriminator(generated), 0.0)
+              + config["l1_weight"] * F.l1_loss(generated, gt) + config["lip_l1_weight"] * lip)
+    d_loss = relativistic(ref_discriminator(gt), ref_discriminator(generated.detach()), 1.0)
+    expected = {"generator": flat_gradients(g_loss, ref_generator),
                 "discriminator": flat_gradients(d_loss, ref_discriminator)}
     for name, wanted in expected.items():
         error = relative_difference(trainer.optimizers[name].flat(), wanted)

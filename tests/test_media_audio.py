@@ -69,6 +69,9 @@ def test_mel_is_the_official_librosa_pipeline_bit_for_bit():
 def test_mel_of_int16_pcm_equals_float():
     wav = (0.25 * np.sin(np.arange(4000) / 7)).astype(np.float32)
     pcm = np.round(wav * 32767).astype(np.int16)
+    # int16 PCM is scaled by 1/32768: its mel is the independent reference's mel of pcm / 32768,
+    # and (tighter: the scale exactly) the float path's
+    np.testing.assert_allclose(audio.melspectrogram(pcm), _reference_mel(pcm / 32768), atol=1e-4)
     np.testing.assert_allclose(audio.melspectrogram(pcm), audio.melspectrogram(pcm / 32768), atol=1e-6)
 
 
@@ -192,7 +195,7 @@ def test_mel_chunk_convention():
     assert audio.mel_chunk(mel, 0)[0, 0] == 0
     assert audio.mel_chunk(mel, 1)[0, 0] == 3  # int(80 * 1 / 25)
     assert audio.mel_chunk(mel, 5)[0, 0] == 16
-    assert audio.mel_chunk(mel, 7, fps=30)[0, 0] == int(80 * 7 / 30)
+    assert audio.mel_chunk(mel, 7, fps=30)[0, 0] == 18  # int(80 * 7 / 30) = int(18.67)
     last = audio.mel_chunk(mel, 30)  # start 96 would run past the end: right-aligned
     np.testing.assert_array_equal(last[0], np.arange(84, 100))
     short = audio.mel_chunk(mel[:, :10], 3)  # shorter than a chunk: padded with silence
@@ -206,7 +209,9 @@ def test_frame_mel_chunks_match_mel_chunk():
     mel = rng.standard_normal((80, 200)).astype(np.float32)
     chunks = audio.frame_mel_chunks(mel, 62)
     assert chunks.shape == (62, 80, 16) and chunks.dtype == np.float32
-    for k in (0, 1, 13, 57, 61):
-        np.testing.assert_array_equal(chunks[k], audio.mel_chunk(mel, k))
+    # frame k's chunk starts at column int(80 k / 25): 0, 3, 41, 182; frame 61's start (195) runs
+    # past the 200 columns, so its chunk is the last 16 (184..199)
+    for k, start in ((0, 0), (1, 3), (13, 41), (57, 182), (61, 184)):
+        np.testing.assert_array_equal(chunks[k], mel[:, start:start + 16])
     np.testing.assert_array_equal(chunks[61], mel[:, -16:])
     assert audio.frame_mel_chunks(mel, 0).shape == (0, 80, 16)

@@ -201,7 +201,12 @@ def test_sketch_for_decoder(face_crop, mesh):
         resized = cv2.resize(drawn, (size, size))
         assert np.all(out[resized > 0] == 255)  # blur + threshold only grows the lines
         assert (out > 0).sum() > (resized > 0).sum()
-    np.testing.assert_array_equal(sketch.sketch_for_decoder(drawn, 128), sketch.sketch_for_decoder(drawn, 128))
+        # the official recipe (Train_hyperlipsHR.py), written out: resize, Gaussian blur k = 5/7/11,
+        # any level > 0 -> 255. Its call GaussianBlur(img, (k, k), 0, 0, cv2.BORDER_DEFAULT) passes
+        # the border flag where OpenCV takes sigmaY: sigma x from k, sigma y = BORDER_DEFAULT = 4.
+        kernel = {128: 5, 256: 7, 512: 11}[size]
+        blurred = cv2.GaussianBlur(resized, (kernel, kernel), sigmaX=0, sigmaY=4)
+        np.testing.assert_array_equal(out, np.where(blurred > 0, 255, 0).astype(np.uint8))
     dot = np.zeros((128, 128, 3), dtype=np.uint8)
     dot[64, 64] = 255
     assert (sketch.sketch_for_decoder(dot, 128)[..., 0] > 0).sum() == 25  # the 5x5 kernel

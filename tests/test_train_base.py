@@ -4,7 +4,9 @@ import copy
 import numpy as np
 import pytest
 import torch
+from torch.nn import functional as F
 
+from talkingface.model import load_network
 from talkingface.model.inputs import masked_input, reference_index
 from talkingface.model.losses import bce
 from talkingface.trainer.hyperlipsbase_trainer import HyperLipsBaseTrainer
@@ -78,20 +80,22 @@ def test_checkpoint_resume_continues_with_identical_optimizer_state(workdir, ran
 
 
 @pytest.mark.parametrize("weights, gan_path", [
-    ((0.03, 0.2, 0.77), "from_d_backward"),   # the official loss weights
-    ((0.0, 1.0, 0.0), "from_d_backward"),     # GAN term alone: any error in its gradient shows
-    ((0.0, 1.0, 0.0), "through_d"),           # the fallback when D is all but sure of a fake
+    ({}, "from_d_backward"),   # the YAML's loss weights (the official 0.03/0.2/0.77)
+    ({"sync_weight": 0.0, "gan_weight": 1.0, "l1_weight": 0.0}, "from_d_backward"),   # GAN term alone
+    ({"sync_weight": 0.0, "gan_weight": 1.0, "l1_weight": 0.0}, "through_d"),  # the fallback: D all but sure of a fake
 ])
 def test_train_step_gives_the_official_step_order_gradients(workdir, random_expert, weights, gan_path):
     """train_step shares one discriminator pass between the two players, takes the generator's
     GAN gradient from D's backward, and restricts each backward to its own parameters; the
     gradients of every parameter of both networks must equal the official order's: G step with
     D(g), then D(gt) and D(g.detach()) for the D step."""
-    sync_weight, gan_weight, l1_weight = weights
-    random_expert(workdir)
+    expert_path = random_expert(workdir)
     torch.manual_seed(0)
-    trainer = HyperLipsBaseTrainer(base_config(workdir, gan_weight=gan_weight, sync_weight=sync_weight,
-                                               l1_weight=l1_weight))
+    trainer = HyperLipsBaseTrainer(base_config(workdir, **weights))
+    config = trainer.config
+    sync_weight, gan_weight, l1_weight = config["sync_weight"], config["gan_weight"], config["l1_weight"]
+    if not weights:
+        assert (sync_weight, gan_weight, l1_weight) == (0.03, 0.2, 0.77)
     if gan_path == "through_d":
         trainer.MAX_SEED_RATIO = 0.0   # every seed ratio counts as unsafe
     factors = record_seed_ratios(trainer)
@@ -104,12 +108,26 @@ def test_train_step_gives_the_official_step_order_gradients(workdir, random_expe
     trainer.train_step(batch)
     assert len(factors) == 1 and (factors[0] is None) == (gan_path == "through_d")
 
+    # The official step (Train_hyperlipsBase.py), written out with torch alone: BCE of D(g) against
+    # "real", L1 against the ground truth, and the sync loss: the lower halves of the T generated
+    # frames stacked on the channels (64x128), mirrored as the expert's data were (syncnet_hflip),
+    # through the frozen expert, BCE of the embeddings' cosine similarity against "in sync".
+    def bce_to(probabilities, label):
+        probabilities = probabilities.reshape(-1)
+        return F.binary_cross_entropy(probabilities, torch.full_like(probabilities, label))
+
     ref_generator.train(), ref_discriminator.train()
     g = ref_generator(batch["indiv_mels"], batch["face"])
-    loss = gan_weight * bce(ref_discriminator(g), 1.0) + l1_weight * torch.nn.functional.l1_loss(g, batch["gt"])
+    loss = gan_weight * bce_to(ref_discriminator(g), 1.0) + l1_weight * F.l1_loss(g, batch["gt"])
     if sync_weight:
-        loss = loss + sync_weight * trainer.sync_loss(batch["mel"], g)
-    ref_d_loss = bce(ref_discriminator(batch["gt"]), 1.0) + bce(ref_discriminator(g.detach()), 0.0)
+        lower = g[:, :, :, g.shape[3] // 2:]
+        face = F.interpolate(torch.cat([lower[:, :, t] for t in range(lower.shape[2])], dim=1), size=(64, 128),
+                             mode="bilinear", align_corners=False)
+        if config["syncnet_hflip"]:
+            face = face.flip(-1)
+        audio_embedding, face_embedding = load_network("SyncNet", expert_path).eval()(batch["mel"], face)
+        loss = loss + sync_weight * bce_to(F.cosine_similarity(audio_embedding, face_embedding, dim=1), 1.0)
+    ref_d_loss = bce_to(ref_discriminator(batch["gt"]), 1.0) + bce_to(ref_discriminator(g.detach()), 0.0)
     expected = {"generator": flat_gradients(loss, ref_generator),
                 "discriminator": flat_gradients(ref_d_loss, ref_discriminator)}
     for name, reference in expected.items():
