@@ -115,7 +115,9 @@ def sketch_for_decoder(sketch: np.ndarray, img_size: int) -> np.ndarray:
         sketch = cv2.cvtColor(sketch, cv2.COLOR_GRAY2BGR)
     resized = cv2.resize(sketch, (img_size, img_size))
     kernel = DECODER_BLUR_KERNEL[img_size]
-    blurred = cv2.GaussianBlur(resized, (kernel, kernel), 0, 0, cv2.BORDER_DEFAULT)
+    # The official call is GaussianBlur(img, k, 0, 0, cv2.BORDER_DEFAULT): positionally that is
+    # dst=0 and sigmaY=4 (the value of BORDER_DEFAULT), which the trained weights expect.
+    blurred = cv2.GaussianBlur(resized, (kernel, kernel), sigmaX=0, sigmaY=4)
     _, binary = cv2.threshold(blurred, 0, 255, cv2.THRESH_BINARY)
     return binary
 
@@ -164,5 +166,6 @@ def soft_mouth_mask(landmarks, height: int, width: int, feather: float | None = 
     grown = cv2.dilate(mask, kernel).astype(np.float32) / 255.0
     sigma = max(0.5, feather / 3.0)
     ksize = 2 * int(np.ceil(3 * sigma)) + 1
-    soft = cv2.GaussianBlur(grown, (ksize, ksize), sigma, sigma, cv2.BORDER_CONSTANT)
+    # Reflected border: a mouth at the frame's edge stays pasted up to the edge.
+    soft = cv2.GaussianBlur(grown, (ksize, ksize), sigmaX=sigma, sigmaY=sigma)
     return np.clip(soft, 0.0, 1.0).astype(np.float32)
