@@ -81,12 +81,12 @@ def main(argv=None):
     from talkingface.utils.runtime import keep_freed_memory
     keep_freed_memory()
     from talkingface.quick_start import run
-    from talkingface.utils.errors import TalkingFaceError
+    from talkingface.utils.errors import TalkingFaceError, error_line
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         run(args.model, args.dataset, args.config_files, overrides_from(args, rest, parser))
     except TalkingFaceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {error_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         terminated = isinstance(exc, Terminated)

@@ -265,3 +265,24 @@ def test_an_error_during_training_is_the_last_line_after_the_progress_bar(demo_b
     assert lines[-1].startswith("error: cannot read ") and "train SyncNet" not in lines[-1], lines[-3:]
     assert "Traceback" not in done.stderr
 
+
+
+def test_an_error_raised_in_a_loader_worker_is_still_one_line():
+    """torch re-makes a worker's exception with its whole traceback in the message; the entry point
+    prints the user's line from it."""
+    import torch
+
+    from talkingface.utils.errors import InputError, error_line
+
+    class Broken(torch.utils.data.Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, index):
+            raise InputError("clip x: mel.npy cannot be read (truncated): delete the clip folder and preprocess again")
+
+    with pytest.raises(InputError) as info:
+        next(iter(torch.utils.data.DataLoader(Broken(), num_workers=1)))
+    assert "Traceback" in str(info.value)  # what torch makes of it
+    assert error_line(info.value) == ("clip x: mel.npy cannot be read (truncated): delete the clip folder and "
+                                      "preprocess again")

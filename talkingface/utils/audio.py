@@ -20,7 +20,7 @@ import librosa   # a lazy loader: its resampler loads only when samples at anoth
 import numpy as np
 import soundfile as sf
 
-from talkingface.utils.errors import InputError
+from talkingface.utils.errors import InputError, finite_number, short_repr
 from talkingface.utils.ffmpeg import check_input_file, error_line, ffmpeg_exe, input_args, is_refused, refused
 
 logger = logging.getLogger(__name__)
@@ -141,12 +141,11 @@ MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 768000
 
 def check_sample_rate(sample_rate) -> int:
     """`sample_rate` as an int in Hz, or a one-line InputError."""
-    if isinstance(sample_rate, (bool, np.bool_)) or not isinstance(sample_rate, (int, float, np.number)) \
-            or not np.isfinite(sample_rate) or int(sample_rate) != sample_rate \
-            or not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
+    rate = finite_number(sample_rate)
+    if rate is None or not rate.is_integer() or not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
         raise InputError(f"sample_rate must be a whole number of Hz from {MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE} "
-                         f"(got {str(sample_rate)[:40]})")
-    return int(sample_rate)
+                         f"(got {short_repr(sample_rate)})")
+    return int(rate)
 
 
 def _pcm_to_float(pcm: np.ndarray) -> np.ndarray:

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from talkingface.utils.audio import has_audio_stream
-from talkingface.utils.errors import InputError
+from talkingface.utils.errors import InputError, finite_number, short_repr
 from talkingface.utils.ffmpeg import (check_input_file, error_line, ffmpeg_exe, input_args, is_refused, open_capture,
                                       refused)
 from talkingface.utils.files import probe_writable, remove_stale_temp_files, temp_name
@@ -43,10 +43,10 @@ MAX_SIDE = 8192   # frames larger than 8K are refused before decoding (one would
 
 def check_fps(fps, what: str = "fps") -> float:
     """`fps` as a float when it is a real frame rate (0 < fps <= MAX_FPS), else a one-line InputError."""
-    if isinstance(fps, (bool, np.bool_)) or not isinstance(fps, (int, float, np.number)) \
-            or not math.isfinite(fps) or not 0 < fps <= MAX_FPS:
-        raise InputError(f"{what} must be a frame rate above 0 and at most {MAX_FPS:g} (got {str(fps)[:40]})")
-    return float(fps)
+    rate = finite_number(fps)
+    if rate is None or not 0 < rate <= MAX_FPS:
+        raise InputError(f"{what} must be a frame rate above 0 and at most {MAX_FPS:g} (got {short_repr(fps)})")
+    return rate
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,11 @@ def is_image(path: str | os.PathLike) -> bool:
 def _read_image(path: Path) -> np.ndarray:
     # imdecode copes with non-ASCII paths, unlike imread on some platforms.
     data = np.fromfile(str(path), dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    except cv2.error:  # e.g. a header claiming more pixels than OpenCV decodes (2**30)
+        raise InputError(f"Cannot read image {path.name}: its header claims a size OpenCV refuses to decode; "
+                         f"frames up to {MAX_SIDE} px are read") from None
     if image is None:
         raise InputError(f"Cannot read image {path}: the file is corrupt or not an image")
     return image

@@ -24,10 +24,13 @@ class Clip:
         self.id = os.path.basename(os.path.normpath(self.dir))
         if not os.path.isfile(os.path.join(self.dir, DONE_MARKER)):
             raise InputError(f"clip {self.dir} is incomplete (no {DONE_MARKER}): run --mode=preprocess again")
-        with open(os.path.join(self.dir, "meta.json"), encoding="utf-8") as f:
-            self.meta = json.load(f)
-        self.n_frames = int(self.meta["n_frames"])
-        self.fps = float(self.meta["fps"])
+        try:
+            with open(os.path.join(self.dir, "meta.json"), encoding="utf-8") as f:
+                self.meta = json.load(f)
+            self.n_frames = int(self.meta["n_frames"])
+            self.fps = float(self.meta["fps"])
+        except (OSError, ValueError, TypeError, KeyError, IndexError) as exc:
+            raise self._corrupt("meta.json", exc) from None
         self.audio_path = os.path.join(self.dir, "audio.wav")
         self._mel = None
         self._boxes = None
@@ -42,14 +45,29 @@ class Clip:
     def load_mel(self):
         """float32 (80, T_mel) read from mel.npy without keeping it: datasets over thousands of
         clips read it per item (~0.1 ms) instead of holding every mel in every worker."""
-        return np.load(os.path.join(self.dir, "mel.npy"))
+        return self._array("mel.npy", lambda a: a.ndim == 2 and a.shape[0] == 80)
 
     @property
     def boxes(self):
         """float32 (n_frames, 4): the crop box of every frame in the 25 fps source frame."""
         if self._boxes is None:
-            self._boxes = np.load(os.path.join(self.dir, "boxes.npy"))
+            self._boxes = self._array("boxes.npy", lambda a: a.shape == (self.n_frames, 4))
         return self._boxes
+
+    def _array(self, name, fits):
+        """A numeric array file of the clip (never unpickled), or the clip's one-line InputError."""
+        try:
+            array = np.load(os.path.join(self.dir, name), allow_pickle=False)
+            if array.dtype.kind not in "iuf" or not fits(array):
+                raise ValueError(f"unexpected {array.dtype} array of shape {array.shape}")
+        except (OSError, ValueError, EOFError) as exc:
+            raise self._corrupt(name, exc) from None
+        return array
+
+    def _corrupt(self, name, exc):
+        reason = " ".join(str(exc).split())[:100] or type(exc).__name__
+        return InputError(f"clip {self.dir}: {name} cannot be read ({reason}): delete the clip folder and "
+                          "preprocess again")
 
     def frame_path(self, k):
         return os.path.join(self.dir, f"{k}.jpg")
