@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   := --dataset=demo
 
-.PHONY: install demo app test test-fast bench clean
+.PHONY: install demo app test test-fast bench gpu-check clean
 
 install: $(STAMP)
 
@@ -57,6 +57,10 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_inference.py
 	$(PY) benchmarks/bench_stream.py
 	$(PY) benchmarks/bench_generator.py
+
+# A CUDA machine checked in <= 6 minutes (benchmarks/gpu_check.py; JSON in results/gpu_check/); no GPU: one line, exit 0.
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu_check.py
 
 clean:
 	rm -rf dataset/demo checkpoints/demo results/demo
