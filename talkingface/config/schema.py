@@ -10,7 +10,7 @@ import math
 import os
 import reprlib
 
-from talkingface.utils.errors import ConfigError
+from talkingface.utils.errors import ConfigError, finite_number
 
 MODES = ("train", "evaluate", "preprocess", "infer", "app", "stream")
 
@@ -108,10 +108,8 @@ class Float(Spec):
         self.expects = "a number" + _bounds(low, high, ">" if low_open else ">=", "<" if high_open else "<=")
 
     def convert(self, value):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return None
-        value = float(value)
-        if not math.isfinite(value):
+        value = finite_number(value)
+        if value is None:
             return None
         if self.low is not None and (value <= self.low if self.low_open else value < self.low):
             return None
@@ -275,6 +273,7 @@ SPECS = {
     "amp": Choice(*_AUTO_BOOL),
     "amp_dtype": Choice("bfloat16", "float16"),
     "num_image_samples": _COUNT,
+    "health_patience": _POSITIVE,
     # data
     "fps": Fixed(25, "preprocessing, the audio-to-frame timeline, evaluation and inference are built for 25 fps"),
     "sample_rate": Fixed(16000, "the HyperLips mel spectrogram is defined for 16 kHz"),
@@ -314,6 +313,9 @@ SPECS = {
     "infer_landmark_window": _POSITIVE,
     "infer_bf16": Choice(*_AUTO_BOOL),
     "infer_frame_cache_mb": Int(0, _CACHE_MB.high),  # 0: no cache
+    "silence_mode": Choice("generate", "rest", "source"),
+    "silence_min_ms": Int(0, 60000),
+    "silence_fade_frames": Int(0, 100),
     "avatar_cache": Choice("off", "on", "refresh", False, True),  # YAML reads off/on as false/true
     "avatar_cache_dir": Path(),
     "avatar_cache_mb": _CACHE_MB,
@@ -335,6 +337,7 @@ SPECS = {
     "perceptual_weight": _WEIGHT,
     "lip_lpips_weight": _WEIGHT,
     "hr_base_batch_size": _BATCH,
+    "health_patience_evals": _POSITIVE,
     "hr_preprocess_workers": AutoOr(_WORKERS),
     "hr_prune_other_bases": Choice(True, False),
 }

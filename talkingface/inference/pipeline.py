@@ -51,6 +51,7 @@ from talkingface.inference.avatar import AvatarCache, AvatarStore, cache_key
 from talkingface.inference.networks import load_inference_networks
 from talkingface.inference.profile import OFF
 from talkingface.inference.render import ENCODER_BATCH, LipSyncRenderer
+from talkingface.inference.silence import min_frames, source_weights, speech_frames
 from talkingface.inference.source import FrameSource
 from talkingface.inference.stream import LipSyncStream
 from talkingface.inference.features import check_audio_duration, chunked_melspectrogram
@@ -285,6 +286,9 @@ class LipSyncer:
         # while the faces are tracked: neither needs the other.
         mel_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mel")
         mel = mel_pool.submit(_timed, profiler, "mel", chunked_melspectrogram, wav)
+        silence = settings["silence_mode"]
+        # silence_mode rest/source: the voice-activity decision per output frame (silence.py; timed as "mel")
+        speech = None if silence == "generate" else mel_pool.submit(_timed, profiler, "mel", speech_frames, wav, n_out)
         mel_pool.shutdown(wait=False)
         self.load()
         logger.info("%s: %dx%d, %d frames at %.3g fps; audio %s: %.2f s -> %d frames at 25 fps",
@@ -295,6 +299,11 @@ class LipSyncer:
             renderer = self.prepare(source, settings, n_out, bf16, reference, frame_at,
                                     progress=progress, profiler=profiler)
             renderer.mel = mel.result()
+            if silence == "rest":
+                renderer.speech = speech.result()
+            elif silence == "source":
+                renderer.weights = source_weights(speech.result(), min_frames(settings["silence_min_ms"]),
+                                                  int(settings["silence_fade_frames"]))
             n_src, boxes = source.n_frames, renderer.boxes
             if output is None:
                 writer = FrameCollector()

@@ -27,6 +27,7 @@ import torch
 from talkingface.inference.avatar import FaceRecord
 from talkingface.inference.paste import mouth_mask, paste_face
 from talkingface.inference.profile import OFF
+from talkingface.inference.silence import blend, silent_chunk
 from talkingface.data.dataset.hr_layout import BASE_SIZE
 from talkingface.data.dataset.hyperlipshr_dataset import decoder_input
 from talkingface.model.inputs import masked_input, reference_index, to_uint8_images
@@ -76,6 +77,10 @@ class LipSyncRenderer:
         self.reference = None  # 128 px crop of the first face: the reference of policy "first"
         self.reference_policy, self.frame_at = reference, frame_at
         self.mesh_misses = 0
+        # silence_mode (silence.py), indexed by output frame: speech (bool, "rest": the others get
+        # the silent mel chunk) and weights (float, "source": 1 generated .. 0 the source frame)
+        self.speech = None
+        self.weights = None
 
     def close(self):
         for mesh in (self.source_mesh, self.output_mesh):
@@ -193,7 +198,8 @@ class LipSyncRenderer:
         """The Base faces (N,128,128,3) uint8 for prepared records and their output frames."""
         n = len(records)
         if mel_chunks is None:
-            mel_chunks = [mel_chunk(self.mel, k) for k in output_indices]
+            mel_chunks = [mel_chunk(self.mel, k) if self.speech is None or self.speech[k] else silent_chunk()
+                          for k in output_indices]
         audio = np.stack(self._padded(list(mel_chunks)))[:, None]
         audio = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).to(self.device)
         face = self._face_input([r.crop for r in records], [r.reference for r in records])
@@ -241,12 +247,18 @@ class LipSyncRenderer:
 
     # ------------------------------------------------------------------ a batch
     @torch.inference_mode()
-    def render(self, items, mel_chunks=None):
+    def render(self, items, mel_chunks=None, weights=None):
         """items: list of (output_index, source_index, frame) -> the frames, lip-synced in place;
-        mel_chunks: the items' (80, 16) mel chunks when not taken from self.mel."""
-        faces = [k for k, (_, src, _) in enumerate(items) if np.isfinite(self.boxes[src]).all()]
+        mel_chunks: the items' (80, 16) mel chunks when not taken from self.mel; weights: the items'
+        silence_mode=source weights when not taken from self.weights (0: the frame is left as it
+        is, between 0 and 1: the pasted frame blended with the source frame)."""
+        if weights is None and self.weights is not None:
+            weights = [float(self.weights[k]) for k, _, _ in items]
+        faces = [k for k, (_, src, _) in enumerate(items) if np.isfinite(self.boxes[src]).all()
+                 and (weights is None or weights[k] > 0)]
         if not faces:
             return [frame for _, _, frame in items]
+        # every frame with a face is prepared (the reference and mesh state as with generate)
         prepared = self.prepare([(src, frame) for _, src, frame in items])
         records = [prepared[items[k][1]] for k in faces]
         with self.profiler.stage("audio_decoder"):
@@ -258,5 +270,11 @@ class LipSyncRenderer:
             for k, record, face in zip(faces, records, generated):
                 x1, y1, x2, y2 = record.box
                 mask = cv2.resize(record.mask, (x2 - x1, y2 - y1), interpolation=cv2.INTER_LINEAR)
-                paste_face(items[k][2], record.box, face, mask)
+                frame = items[k][2]
+                if weights is not None and weights[k] < 1:  # a crossfade frame
+                    original = frame[y1:y2, x1:x2].copy()
+                    paste_face(frame, record.box, face, mask)
+                    frame[y1:y2, x1:x2] = blend(frame[y1:y2, x1:x2], original, weights[k])
+                else:
+                    paste_face(frame, record.box, face, mask)
         return [frame for _, _, frame in items]

@@ -26,6 +26,12 @@ Frame count and pixels equal LipSyncer.run on the same audio with the same setti
 The avatar is the whole video (its frames loop ping-pong as in batch inference); with
 avatar_cache=on it comes from the cache, so a stream starts without face tracking or encoding.
 Latency: from the arrival of the last sample a frame needs to the frame's emission.
+
+silence_mode=rest decides each frame from the voice-activity detector's windows inside the samples
+of that frame's mel window (silence.py), which have all arrived when the frame is due: no added
+latency, and the frames equal batch inference's. silence_mode=source is batch only (a one-line
+ConfigError here): a pause shows the source frames only once it has lasted silence_min_ms, so a
+stream would have to hold every frame back by silence_min_ms (+ the crossfade) to know that.
 """
 import logging
 import os
@@ -36,6 +42,7 @@ import numpy as np
 
 from talkingface.inference.features import check_audio_duration
 from talkingface.inference.profile import OFF
+from talkingface.inference.silence import FrameVad, silent_chunk
 from talkingface.inference.source import FrameSource
 from talkingface.utils.audio import (HOP_SIZE, MEL_CHUNK_LENGTH, WIN_SIZE, as_mono_16k, mel_chunk,
                                      mel_start, melspectrogram, n_video_frames_for_audio)
@@ -60,6 +67,9 @@ class LipSyncStream:
     def __init__(self, syncer, video, settings, bf16, profiler=None):
         self.profiler = profiler or OFF
         self.batch_size = int(settings["infer_batch_size"])
+        if settings["silence_mode"] == "source":
+            raise ConfigError("silence_mode=source runs in batch inference only (a stream would be late by "
+                              "silence_min_ms): stream with silence_mode=rest or generate")
         reference = settings["reference_frame"]
         frame_at = getattr(video, "frame_at", None)
         if reference == "half_clip" and frame_at is None:
@@ -83,6 +93,7 @@ class LipSyncStream:
         # final mel columns self._col0 .. self._col0 + self._mel.shape[1] - 1
         self._mel, self._col0 = np.zeros((80, 0), np.float32), 0
         self._next = 0  # the next output frame
+        self._vad = FrameVad() if settings["silence_mode"] == "rest" else None
         self.closed = False
 
     @property
@@ -126,7 +137,10 @@ class LipSyncStream:
             with self.profiler.stage("decode"):
                 src, frame = next(self._frames)
             items.append((k, src, frame))
-            chunks.append(self._chunk(k, total_columns))
+            if self._vad is not None and not self._vad.speech(k, total_columns):
+                chunks.append(silent_chunk())
+            else:
+                chunks.append(self._chunk(k, total_columns))
         self._next = ks[-1] + 1
         return self.renderer.render(items, chunks)
 
@@ -153,6 +167,9 @@ class LipSyncStream:
         if samples.size:
             self._audio = np.concatenate([self._audio, samples])
             self._n_samples += samples.size
+            if self._vad is not None:
+                with self.profiler.stage("mel"):
+                    self._vad.push(samples)
             # column j is final once samples 0 .. 200 j + 399 are in: columns 0 .. ready_cols - 1
             ready_cols = max(0, (self._n_samples - WIN_SIZE // 2 + HOP_SIZE) // HOP_SIZE)
             with self.profiler.stage("mel"):
