@@ -18,12 +18,20 @@ from talkingface.model import load_network
 from talkingface.model.inputs import expert_face_input, masked_input, reference_index, to_uint8_images
 from talkingface.model.losses import bce, sync_probability
 from talkingface.trainer.adversarial import AdversarialTrainer
+from talkingface.trainer.health import GrowsPast, Health, NotFalling, StaysWithin
 from talkingface.utils.audio import frame_mel_chunks
 from talkingface.utils.checkpoint import stage_checkpoint
 from talkingface.utils.errors import CheckpointError
 from talkingface.utils.registry import TRAINERS
 
 logger = logging.getLogger(__name__)
+
+# The sync loss must fall by this fraction from the first health_patience steps to any later ones.
+SYNC_FALL_MARGIN = 0.05
+# A collapsed discriminator: its loss averages below DISC_LOSS_FLOOR (it tells real from generated
+# perfectly), or the generator's GAN loss averages over GAN_LOSS_GROWTH times its first window's.
+DISC_LOSS_FLOOR = 1e-3
+GAN_LOSS_GROWTH = 10.0
 
 
 @TRAINERS.register("HyperLipsBase")
@@ -46,6 +54,49 @@ class HyperLipsBaseTrainer(AdversarialTrainer):
         self._images_logged_at = None
         if config["mode"] == "train" and self.sync_weight > 0:
             self._expert = self._load_expert()  # fail before any training when it is missing
+        self._build_health()
+
+    # ------------------------------------------------------------------ health
+    def _build_health(self):
+        """Windows over the losses train_step returns: does the expert's verdict on the generated
+        frames improve, and does the discriminator still give the generator a signal?"""
+        patience = self.config["health_patience"]
+        self.sync_flat = NotFalling(patience, SYNC_FALL_MARGIN)
+        self.disc_at_zero = StaysWithin(patience, high=DISC_LOSS_FLOOR)
+        self.gan_growing = GrowsPast(patience, GAN_LOSS_GROWTH)
+        self.health = Health(self.log_scalars, self.config["log_interval"])
+
+    def check_health(self, losses):
+        if "sync" in losses:
+            self.health.report("base_sync_not_falling", self.sync_flat.update(losses["sync"]), self.global_step,
+                               self._sync_warning)
+        if "disc_real" in losses:
+            at_zero = self.disc_at_zero.update(losses["disc_real"] + losses["disc_fake"])
+            growing = self.gan_growing.update(losses["gan"])
+            self.health.report("base_disc_collapsed", at_zero or growing, self.global_step,
+                               lambda: self._collapse_warning(at_zero))
+
+    def _sync_warning(self):
+        window = self.sync_flat
+        return (f"the lip-sync loss of the generated frames is not falling at step {self.global_step}: "
+                f"{window.recent_mean:.4f} over the last {window.patience} steps, {window.first_mean:.4f} over the "
+                f"first {window.patience}. Likely causes: a weak expert (its val accuracy in the SyncNet "
+                "metrics.json should be well above 0.5), an expert trained on other data or other mirroring "
+                "(syncnet_hflip), a sync_weight too small next to l1_weight. Try a better expert "
+                "(sync_expert_path), a larger sync_weight or a lower learning_rate")
+
+    def _collapse_warning(self, at_zero):
+        if at_zero:
+            seen = (f"its loss averages {self.disc_at_zero.recent_mean:.2e} over the last {self.disc_at_zero.patience} "
+                    f"steps, below {DISC_LOSS_FLOOR:g}")
+        else:
+            seen = (f"the generator's GAN loss averages {self.gan_growing.recent_mean:.3f} over the last "
+                    f"{self.gan_growing.patience} steps, over {GAN_LOSS_GROWTH:g} times its first "
+                    f"{self.gan_growing.patience} steps' {self.gan_growing.first_mean:.3f}")
+        return (f"the discriminator has collapsed at step {self.global_step}: {seen}, so the GAN term no longer "
+                "guides the generator. Likely causes: disc_learning_rate too high next to learning_rate, gan_weight "
+                "too high, too few clips. Try a lower disc_learning_rate, a smaller gan_weight (0 turns the GAN "
+                "off) or more training clips")
 
     # ------------------------------------------------------------------ the frozen expert
     def expert_checkpoint(self):

@@ -5,16 +5,24 @@ whether the chunk belongs to the window (1) or to another place of the same clip
 embeddings are L2-normalised and non-negative, so their cosine is a probability in [0, 1].
 """
 import logging
+import math
 import os
 
 from talkingface.model.inputs import expert_face_input
 from talkingface.model.losses import bce, sync_probability
+from talkingface.trainer.health import Health, StaysWithin
 from talkingface.trainer.trainer import Trainer, adam
 from talkingface.utils import distributed as dist_utils
 from talkingface.utils.files import write_json_atomic
 from talkingface.utils.registry import DATASETS, MODELS, TRAINERS
 
 logger = logging.getLogger(__name__)
+
+# An expert that answers 0.5 whatever it sees has a BCE of ln 2 and an accuracy of 1/2; one that
+# answers at random around 0.5 does worse (its BCE sits above ln 2). No better than chance: a mean
+# loss above ln 2 - 0.01, a mean accuracy below 0.5 + 0.02.
+CHANCE_LOSS, CHANCE_LOSS_TOL = math.log(2), 0.01
+CHANCE_ACCURACY, CHANCE_ACCURACY_TOL = 0.5, 0.02
 
 
 @TRAINERS.register("SyncNet")
@@ -25,6 +33,45 @@ class SyncNetTrainer(Trainer):
         network = MODELS.get("SyncNet").from_config(self.config)
         self.networks = {"syncnet": network}
         self.optimizers = {"syncnet": adam(network.parameters(), lr=self.config["learning_rate"])}
+        self._build_health()
+
+    # ------------------------------------------------------------------ health
+    def _build_health(self):
+        """Is the expert stuck at chance? Its training loss per step, its accuracy per validation."""
+        config = self.config
+        self.loss_at_chance = StaysWithin(config["health_patience"], low=CHANCE_LOSS - CHANCE_LOSS_TOL)
+        self.accuracy_at_chance = StaysWithin(config["health_patience_evals"],
+                                              high=CHANCE_ACCURACY + CHANCE_ACCURACY_TOL)
+        self.stuck_signals = {"loss": False, "accuracy": False}
+        self.health = Health(self.log_scalars, config["log_interval"])
+
+    def check_health(self, losses):
+        self._report_stuck("loss", self.loss_at_chance.update(losses["loss"]))
+
+    def validate(self, loader):
+        """Trainer.validate, its mean accuracy then judged against chance."""
+        means = super().validate(loader)
+        if "accuracy" in means:
+            self._report_stuck("accuracy", self.accuracy_at_chance.update(means["accuracy"]))
+        return means
+
+    def _report_stuck(self, signal, holds):
+        self.stuck_signals[signal] = holds
+        self.health.report("syncnet_stuck", any(self.stuck_signals.values()), self.global_step,
+                           lambda: self._stuck_warning(signal))
+
+    def _stuck_warning(self, signal):
+        if signal == "loss":
+            window, chance = self.loss_at_chance, f"ln 2 = {CHANCE_LOSS:.4f}"
+            seen = f"training loss over the last {window.patience} steps"
+        else:
+            window, chance = self.accuracy_at_chance, f"{CHANCE_ACCURACY}"
+            seen = f"validation accuracy over the last {window.patience} validations"
+        report = os.path.join(self.config["preprocessed_root"], "report.json")
+        return (f"the SyncNet expert is no better than chance at step {self.global_step}: its mean {seen} is "
+                f"{window.recent_mean:.4f} (chance: {chance}). Experts often sit there a long while before they "
+                "learn; if it stays, the likely causes are audio shifted against the video, tiny or blurred faces, "
+                f"static or silent clips, too few speakers: see the clips' face sizes and offsets in {report}")
 
     def _loss_and_probability(self, batch):
         face = batch["face"]

@@ -100,6 +100,9 @@ class Trainer:
         """(Base generator, HR decoder or None) in eval mode for the inference pipeline."""
         raise NotImplementedError(f"{self.model_name} does not generate video")
 
+    def check_health(self, losses):
+        """After each step, with train_step's values: a subclass's health checks (trainer/health.py)."""
+
     def build_datasets(self):
         dataset_class = DATASETS.get(self.config["dataset_class"])
         return dataset_class(self.config, "train"), dataset_class(self.config, "val")
@@ -134,9 +137,16 @@ class Trainer:
         self.step(name)
 
     def check_finite(self, name, loss):
+        """Stop on a non-finite loss, before it reaches the weights; the checkpoints are left as they are."""
         if not torch.isfinite(loss.detach()).all():
-            raise TrainingError(f"the {name} loss became {loss.item()} at step {self.global_step + 1}; "
-                                "lower the learning rate, set --clip_grad_norm, or resume from an earlier checkpoint")
+            # Resuming restores the checkpoint's optimizer, learning rate included: only a fresh
+            # start takes a lower one, while --clip_grad_norm applies to a resumed run too.
+            last = latest_checkpoint(self.checkpoint_dir)
+            kept = "no checkpoint was saved yet: start again with a lower learning_rate or --clip_grad_norm=1"
+            if last:
+                kept = (f"the last checkpoint, {last}, is kept: run again with --clip_grad_norm=1 to go on from it, "
+                        "or start over (--resume=false) with a lower learning_rate")
+            raise TrainingError(f"the {name} loss became {loss.item()} at step {self.global_step + 1}; {kept}")
 
     def step(self, name):
         """Optional gradient clipping, optimizer step (unscaled under fp16), zero_grad."""
@@ -395,6 +405,7 @@ class Trainer:
                     self.global_step += 1
                     self.epoch_samples += train_loader.batch_size
                     progress.update(1)
+                    self.check_health(losses)
                     if on_step_end is not None:
                         on_step_end(losses)
                     for key, value in losses.items():
