@@ -292,6 +292,11 @@ SPECS = {
     "test_ratio": _RATIO,
     "split_seed": Int(0, 2 ** 32 - 1),  # numpy's seed limit
     "split_files": SplitFiles(),
+    "data_min_face_px": Float(0),
+    "data_min_sharpness": Float(0),
+    "data_max_static": Float(0, 1),
+    "data_max_silence": Float(0, 1),
+    "data_filter": Choice(True, False),
     "samples_per_epoch": _COUNT,
     "val_windows_per_clip": _POSITIVE,
     "demo_num_clips": _POSITIVE,

@@ -18,6 +18,10 @@ A video without an audio track takes its speech from a same-named audio file bes
 (clip01.mp4 + clip01.wav, .m4a, .mp3, .aac or .flac; utils.audio.audio_source_for). Under torchrun
 the videos are dealt among the ranks, each running its share on its share of its machine's cores,
 and rank 0 writes report, filelists and manifest once every share is done.
+
+report.json also holds each clip's data-report columns (face size, sharpness, static and silence
+fractions, computed from the crops and audio in hand) and flags, and the totals under "summary";
+report.png draws them (data_report.py). data_filter leaves flagged clips out of the filelists.
 """
 import hashlib
 import json
@@ -36,6 +40,7 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
+from talkingface.data.dataprocess import data_report
 from talkingface.data.dataprocess.demo import demo_is_current, ensure_demo_dataset
 from talkingface.data.dataset.clip import DONE_MARKER, SPLITS, filelist_path
 from talkingface.utils import distributed as dist_utils
@@ -189,12 +194,15 @@ def follow_split_files(lists, report):
                 missing.append(name)
             elif entry["status"] != "ok":
                 dropped.append({"clip": name, "reason": entry["reason"]})
+            elif entry.get("filtered"):  # data_filter: flagged by the data report
+                dropped.append({"clip": name, "reason": "data_filter: " + ", ".join(entry["flags"])})
             else:
                 found.add(entry["clip_id"])
         splits[split] = sorted(found)
         summary[split] = {"listed": len(names), "found": len(found), "missing": missing, "dropped": dropped}
     listed = set().union(*splits.values())
-    unlisted = sorted(e["clip_id"] for e in report.values() if e["status"] == "ok" and e["clip_id"] not in listed)
+    unlisted = sorted(e["clip_id"] for e in report.values()
+                      if e["status"] == "ok" and not e.get("filtered") and e["clip_id"] not in listed)
     summary["unlisted"] = {"count": len(unlisted), "examples": unlisted[:5],
                            "note": "clips found in data_root but in no split file: in no filelist"}
     return splits, summary
@@ -316,6 +324,7 @@ class _FaceRuns:
         self.boxes = {}  # frame index -> final crop box
         self.picker = FacePicker(task["face_min_size"], task["face_continuity_iou"])
         self.gap = []  # (index, frame) missed since the run's last detection
+        self.stats = data_report.CropStats()  # the data report's sharpness and static columns
 
     @property
     def multi_face_frames(self):
@@ -361,6 +370,7 @@ class _FaceRuns:
         box = smooth_boxes(np.asarray(self.run_boxes[lo:hi]), window=self.window)[k - lo]
         self.boxes[index] = box
         crop = crop_resize(frame, box, self.task["crop_size"])
+        self.stats.add(index, crop)
         path = os.path.join(self.task["tmp_dir"], f"{index}.jpg")
         if not cv2.imwrite(path, crop, [cv2.IMWRITE_JPEG_QUALITY, self.task["jpeg_quality"]]):
             raise OSError(f"cannot write {path}")
@@ -436,7 +446,9 @@ def _process_video(task, detector):
             "width": runs.width, "height": runs.height, "first_frame": first,
             "source_fps": info.fps, "sample_rate": sr, "crop_size": task["crop_size"],
             "params_hash": task["params_hash"], "source_stamp": task["stamp"], "notes": notes}
-    result = {"n_frames": n_frames, "first_frame": first, "notes": notes}
+    result = {"n_frames": n_frames, "first_frame": first, "notes": notes,
+              "stats": dict(data_report.clip_stats(runs.stats, first, stop, boxes, clip_wav, sr),
+                            source=_hash([task["params_hash"], task["stamp"]]))}
     if audio_path != path:
         meta["audio_source"] = os.path.abspath(audio_path)
         result["audio_source"] = os.path.basename(audio_path)
@@ -505,9 +517,10 @@ class HyperLipsBasePreprocessor:
 
     def _split_stamp(self):
         """What the filelists are made from: the split files' contents, or the draw's settings."""
-        if self.split_files:
-            return {"files": split_file_hashes(self.split_files)}
-        return self.split_params
+        stamp = {"files": split_file_hashes(self.split_files)} if self.split_files else self.split_params
+        if self.config["data_filter"]:  # the data report's flags drop clips: its thresholds shape the filelists
+            stamp = dict(stamp, data_filter=data_report.thresholds(self.config))
+        return stamp
 
     def is_stale(self):
         """True when the preprocessed data is missing, incomplete or made from other videos/settings."""
@@ -588,6 +601,7 @@ class HyperLipsBasePreprocessor:
                 shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
         params_hash = _hash(self.params)
         report, tasks, seen = {}, [], {}
+        previous = data_report.read_entries(os.path.join(self.root, "report.json"))
         for rel, stamp in manifest["videos"].items():
             clip_id = clip_id_for(rel)
             if clip_id in seen:
@@ -602,6 +616,8 @@ class HyperLipsBasePreprocessor:
                                "first_frame": meta["first_frame"], "notes": meta.get("notes", []), "reused": True}
                 if meta.get("audio_source"):
                     report[rel]["audio_source"] = os.path.basename(meta["audio_source"])
+                source = _hash([params_hash, stamp])
+                report[rel]["stats"] = self._reused_stats(previous.get(rel), clip_dir, meta, source)
                 continue
             if os.path.isdir(clip_dir):  # incomplete or out of date: redo from scratch
                 shutil.rmtree(clip_dir)
@@ -609,6 +625,15 @@ class HyperLipsBasePreprocessor:
                               clip_dir=clip_dir, tmp_dir=os.path.join(self.root, TMP_PREFIX + clip_id),
                               stamp=stamp, params_hash=params_hash))
         return manifest, report, tasks
+
+    @staticmethod
+    def _reused_stats(old, clip_dir, meta, source):
+        """A reused clip's report columns: the last report's, else read back from its folder."""
+        stats = (old or {}).get("stats")
+        if stats and stats.get("source") == source:
+            return stats
+        stats = data_report.stats_from_clip_folder(clip_dir, meta["n_frames"])
+        return dict(stats, source=source) if stats else None
 
     def _process_all(self, tasks):
         """Yield the report entry of every task, from worker processes when there are several."""
@@ -658,9 +683,18 @@ class HyperLipsBasePreprocessor:
         if unseen:  # made by another rank in a folder this one does not see
             raise InputError(f"{len(unseen)} finished clips (e.g. {unseen[0]}) are missing from {self.root}: "
                              "with several machines, preprocessed_root must be on a filesystem they all share")
-        splits, listed = self._splits(report, ok)
+        limits, drop = data_report.thresholds(self.config), bool(self.config["data_filter"])
+        kept = data_report.apply_flags(report, limits, drop)  # == ok unless data_filter drops flagged clips
+        splits, listed = self._splits(report, kept)
+        summary = data_report.summarize(report, self.params["fps"], limits, drop)
         write_json_atomic(os.path.join(self.root, "report.json"),
-                          {**dict(sorted(report.items())), **({"split_files": listed} if listed else {})}, indent=1)
+                          {**dict(sorted(report.items())), **({"split_files": listed} if listed else {}),
+                           "summary": summary}, indent=1)
+        data_report.log_summary(summary)
+        try:
+            data_report.write_histograms(report, self.root, limits)
+        except Exception as exc:  # a picture never fails the preprocessing
+            logger.warning("could not draw the data report's histograms: %s: %s", type(exc).__name__, exc)
         sidecars = sorted(e["video"] for e in report.values() if e["status"] == "ok" and e.get("audio_source"))
         for video in sidecars:
             logger.debug("%s: audio from %s beside it", video, report[video]["audio_source"])
@@ -670,6 +704,10 @@ class HyperLipsBasePreprocessor:
         if not ok:
             raise InputError(f"no usable clip in {self.data_root}: every video was skipped "
                              f"(reasons in {os.path.join(self.root, 'report.json')})")
+        if not kept:
+            raise InputError(f"data_filter left no clip of {self.data_root}: every usable clip was flagged "
+                             f"(reasons in {os.path.join(self.root, 'report.json')}; set data_filter=false "
+                             "or loosen the data_* thresholds)")
         os.makedirs(os.path.join(self.root, "filelists"), exist_ok=True)
         for split, clip_ids in splits.items():
             write_text_atomic(filelist_path(self.root, split), "".join(f"{c}\n" for c in clip_ids))
