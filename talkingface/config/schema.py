@@ -321,6 +321,7 @@ SPECS = {
     "silence_mode": Choice("generate", "rest", "source"),
     "silence_min_ms": Int(0, 60000),
     "silence_fade_frames": Int(0, 100),
+    "face_fade_frames": Int(0, 100),
     "avatar_cache": Choice("off", "on", "refresh", False, True),  # YAML reads off/on as false/true
     "avatar_cache_dir": Path(),
     "avatar_cache_mb": _CACHE_MB,

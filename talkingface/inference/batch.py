@@ -46,7 +46,8 @@ PATH_COLUMNS = ("video", "audio", "output")
 # checkpoint, belong to the loaded model).
 ROW_SETTINGS = ("reference_frame", "infer_batch_size", "infer_mask_feather", "infer_landmark_window", "infer_bf16",
                 "infer_int8", "infer_frame_cache_mb", "infer_x264_preset", "avatar_cache", "avatar_cache_dir",
-                "avatar_cache_mb", *TRACKER_KEYS)
+                "avatar_cache_mb", "silence_mode", "silence_min_ms", "silence_fade_frames", "face_fade_frames",
+                *TRACKER_KEYS)
 
 
 class BatchFailed(TalkingFaceError):

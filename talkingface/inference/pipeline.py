@@ -20,7 +20,9 @@ Two streaming passes over the video, with bounded memory whatever its length:
 2. generation: the video is decoded again (ping-pong via a temporary on-disk frame cache, see
    source.py), frames go through the networks in batches of `infer_batch_size` and are pasted back
    (render.py, paste.py); a reader thread decodes ahead and a writer thread feeds the encoder, each
-   through a queue of at most two batches. Frames without a face pass through unchanged.
+   through a queue of at most two batches. Frames without a face pass through unchanged; the
+   `face_fade_frames` frames with a face on either side of them crossfade from the lip-synced
+   frame to the source frame (render.face_weights, by source frame), so the mouth does not jump.
 What does not depend on the audio (crops, masks, face-encoder features: the avatar, avatar.py) is
 computed once per source frame and reused by the ping-pong passes; with avatar_cache=on it is
 computed for the whole video once (a third decoding pass, before generation) and kept on disk, so a
@@ -412,7 +414,8 @@ class LipSyncer:
         return LipSyncRenderer(self._generator(settings["infer_int8"]), self.hr, mel, boxes, (source.width, source.height), self.device,
                                batch_size=int(settings["infer_batch_size"]), feather=settings["infer_mask_feather"],
                                landmark_window=settings["infer_landmark_window"], bf16=bf16,
-                               reference=reference, frame_at=frame_at, store=store, profiler=profiler)
+                               reference=reference, frame_at=frame_at, store=store, profiler=profiler,
+                               face_fade_frames=settings["face_fade_frames"])
 
     def _avatar_settings(self, settings, bf16, reference):
         """Everything besides the video that shapes a cached avatar (its cache key)."""

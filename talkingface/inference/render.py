@@ -8,7 +8,9 @@ HR:   face mesh of that Base output (landmarks averaged over a short centred win
 training recipe (draw_sketch at 128 px + hyperlipshr_dataset.decoder_input, which applies
 sketch_for_decoder) -> HRDecoder at its trained size.
 The generated face is pasted into the frame through the soft mouth mask of the ORIGINAL crop's
-face mesh (paste.py), so everything outside the mouth region keeps its pixels.
+face mesh (paste.py), so everything outside the mouth region keeps its pixels. Frames without a
+face pass through; the face_fade_frames frames with a face on either side of such a gap blend the
+pasted frame with the source frame (face_weights), so the mouth crossfades instead of jumping.
 
 What does not depend on the audio (crop, reference, mask, landmarks, face-encoder features) is
 computed once per source frame by prepare() and, given an AvatarStore (avatar.py), kept there:
@@ -27,7 +29,7 @@ import torch
 from talkingface.inference.avatar import FaceRecord
 from talkingface.inference.paste import mouth_mask, paste_face
 from talkingface.inference.profile import OFF
-from talkingface.inference.silence import blend, silent_chunk
+from talkingface.inference.silence import blend, ramp, silent_chunk
 from talkingface.data.dataset.hr_layout import BASE_SIZE
 from talkingface.data.dataset.hyperlipshr_dataset import decoder_input
 from talkingface.model.inputs import masked_input, reference_index, to_uint8_images
@@ -41,6 +43,30 @@ MAX_MESH_REUSE = 5  # frames a missed face mesh of the original crop is replaced
 ENCODER_BATCH = 8   # the face encoder's batch (the default infer_batch_size)
 
 
+def face_weights(boxes, fade_frames):
+    """float32 (n_src,) per source frame, or None when every frame with a face keeps weight 1: the
+    weight of the pasted face, ramping from 1 down toward each frame without a face (NaN box row)
+    over the fade_frames frames before and after it (d frames from the nearest: silence.ramp(d));
+    0 where there is no face. Indexed by source frame, it fits any playback order (ping-pong)."""
+    present = np.isfinite(np.asarray(boxes, np.float64)).all(axis=1) if len(boxes) else np.zeros(0, bool)
+    if fade_frames <= 0 or present.all() or not present.any():
+        return None
+    n = len(present)
+    distance = np.full(n, np.inf)
+    last = -np.inf
+    for i in range(n):  # to the nearest frame without a face before, then after
+        if not present[i]:
+            last = i
+        distance[i] = i - last
+    last = np.inf
+    for i in range(n - 1, -1, -1):
+        if not present[i]:
+            last = i
+        distance[i] = min(distance[i], last - i)
+    weights = np.array([ramp(d, fade_frames) if present[i] else 0.0 for i, d in enumerate(distance)], np.float32)
+    return None if (weights[present] == 1).all() else weights
+
+
 class LipSyncRenderer:
     """Turns (output_index, source_index, frame) items into lip-synced frames, batch by batch.
 
@@ -50,12 +76,13 @@ class LipSyncRenderer:
     bf16: run the networks under bfloat16 autocast; batch_size: the network batch (short batches
     are padded to it); reference: the reference_frame policy (model.inputs), with `frame_at(index)`
     giving any source frame for "half_clip"; store: an AvatarStore keeping prepare()'s records
-    (None: they live for one batch); profiler: a profile.StageProfiler (default off).
+    (None: they live for one batch); profiler: a profile.StageProfiler (default off);
+    face_fade_frames: the crossfade next to frames without a face (face_weights; 0: a jump).
     """
 
     def __init__(self, base, hr, mel, boxes, frame_size, device, batch_size=8, feather=0.06,
                  landmark_window=3, bf16=False, reference="first", frame_at=None, store=None,
-                 profiler=OFF):
+                 profiler=OFF, face_fade_frames=0):
         # channels_last + bfloat16 is ~2x faster on CPUs with native bf16 (oneDNN kernels)
         self.base = base.to(memory_format=torch.channels_last)
         self.hr = hr.to(memory_format=torch.channels_last) if hr is not None else None
@@ -81,6 +108,8 @@ class LipSyncRenderer:
         # the silent mel chunk) and weights (float, "source": 1 generated .. 0 the source frame)
         self.speech = None
         self.weights = None
+        # indexed by source frame: the crossfade next to frames without a face (None: none needed)
+        self.face_weights = face_weights(boxes, int(face_fade_frames))
 
     def close(self):
         for mesh in (self.source_mesh, self.output_mesh):
@@ -251,9 +280,13 @@ class LipSyncRenderer:
         """items: list of (output_index, source_index, frame) -> the frames, lip-synced in place;
         mel_chunks: the items' (80, 16) mel chunks when not taken from self.mel; weights: the items'
         silence_mode=source weights when not taken from self.weights (0: the frame is left as it
-        is, between 0 and 1: the pasted frame blended with the source frame)."""
+        is, between 0 and 1: the pasted frame blended with the source frame); they are multiplied
+        by the face-gap crossfade's weights (self.face_weights, by source frame)."""
         if weights is None and self.weights is not None:
             weights = [float(self.weights[k]) for k, _, _ in items]
+        if self.face_weights is not None:
+            weights = [(1.0 if weights is None else float(weights[i])) * float(self.face_weights[src])
+                       for i, (_, src, _) in enumerate(items)]
         faces = [k for k, (_, src, _) in enumerate(items) if np.isfinite(self.boxes[src]).all()
                  and (weights is None or weights[k] > 0)]
         if not faces:

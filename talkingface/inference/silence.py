@@ -105,6 +105,12 @@ def rest_chunks(chunks, speech):
     return [chunk if is_speech else silent_chunk(chunk.shape[0]) for chunk, is_speech in zip(chunks, speech)]
 
 
+def ramp(distance, fade_frames):
+    """A crossfade's weight `distance` frames (>= 1) into the faded side of a switch: 1/(f+1),
+    2/(f+1), ... up to 1 from the (fade_frames + 1)th frame on (fade_frames 0: 1 at once)."""
+    return min(1.0, distance / (fade_frames + 1))
+
+
 def source_weights(speech, min_frames, fade_frames):
     """float32 (n,): weight of the generated face per frame (1 = generated, 0 = the source frame).
     Non-speech runs of at least `min_frames` frames get 0, ramping up to the speech on either side
@@ -123,7 +129,7 @@ def source_weights(speech, min_frames, fade_frames):
             for i in range(k, end):
                 # distance to the nearest speech frame (the ends of the audio are not speech)
                 d = min(i - k + 1 if k > 0 else n, end - i if end < n else n)
-                weights[i] = max(0.0, 1.0 - d / (fade_frames + 1))
+                weights[i] = 1.0 - ramp(d, fade_frames)
         k = end
     return weights
 

@@ -25,7 +25,9 @@ Frame count and pixels equal LipSyncer.run on the same audio with the same setti
 
 The avatar is the whole video (its frames loop ping-pong as in batch inference); with
 avatar_cache=on it comes from the cache, so a stream starts without face tracking or encoding.
-Latency: from the arrival of the last sample a frame needs to the frame's emission.
+Latency: from the arrival of the last sample a frame needs to the frame's emission. The boxes of
+the whole video are known once it is prepared, so the crossfade beside frames without a face
+(face_fade_frames, by source frame: render.face_weights) adds no latency and equals batch inference.
 
 silence_mode=rest decides each frame from the voice-activity detector's windows inside the samples
 of that frame's mel window (silence.py), which have all arrived when the frame is due: no added
