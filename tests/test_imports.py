@@ -12,7 +12,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "talkingface"
 LAYERS = {"utils": 0, "config": 1, "model": 2, "data": 3, "inference": 4, "evaluator": 5, "trainer": 6,
           "quick_start": 7, "api": 7, "app": 7, "": 8}
 # Trainers share code through these, never by importing another trainer.
-TRAINER_CORE = {"talkingface.trainer", "talkingface.trainer.trainer", "talkingface.trainer.adversarial"}
+TRAINER_CORE = {"talkingface.trainer", "talkingface.trainer.trainer", "talkingface.trainer.adversarial",
+                "talkingface.trainer.health"}
 
 
 def module_name(path):
