@@ -17,8 +17,9 @@ decides with no extra latency and equals batch inference (FrameVad serves both).
 import logging
 
 import numpy as np
+import torch
 
-from talkingface.utils.audio import HOP_SIZE, MAX_ABS_VALUE, MEL_CHUNK_LENGTH, WIN_SIZE, mel_start
+from talkingface.utils.audio import HOP_SIZE, MAX_ABS_VALUE, MEL_CHUNK_LENGTH, SAMPLE_RATE, WIN_SIZE, mel_start
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ def _silero():
     """A fresh silero-vad model (it keeps state: one per run or stream), or None when not installed."""
     global _warned
     try:
-        from silero_vad import load_silero_vad
+        from silero_vad import load_silero_vad  # optional: only silence_mode rest/source loads it
     except ImportError:
         if not _warned:
             logger.info("silero-vad is not installed: silence_mode decides silence by an energy threshold "
@@ -71,11 +72,10 @@ class FrameVad:
             rms = np.sqrt(np.mean(blocks.astype(np.float64) ** 2, axis=1))
             self.windows.extend((20 * np.log10(rms + 1e-12) > ENERGY_DBFS).tolist())
             return
-        import torch
-
         with torch.no_grad():
             for block in blocks:  # stateful: one window after the other, as a stream sees them
-                self.windows.append(float(self.model(torch.from_numpy(block.copy()), 16000)) > SPEECH_THRESHOLD)
+                speech = float(self.model(torch.from_numpy(block.copy()), SAMPLE_RATE)) > SPEECH_THRESHOLD
+                self.windows.append(speech)
 
     def speech(self, k, total_columns=None):
         """Frame k's decision: any speech window wholly inside its mel chunk's samples.
