@@ -48,6 +48,7 @@ def test_mel_of_sine_peaks_at_its_frequency_and_silence_is_minus_4():
     assert silence.shape == (80, 41) and np.all(silence == -4)
 
 
+@pytest.mark.filterwarnings("ignore:n_fft=800 is too large:UserWarning")  # librosa on the 799-sample case
 def test_mel_is_the_official_librosa_pipeline_bit_for_bit():
     """numpy alone (no librosa or scipy.signal to import: seconds per process) gives the same bits as
     the official lfilter -> librosa.stft -> librosa.filters.mel pipeline, filterbank included."""
