@@ -63,14 +63,11 @@ GROUPS = [
     ["loader:SyncNet", "loader:HyperLipsBase", "loader:HyperLipsHR@128"],
 ]
 
-# Sizes on a GPU. The whole run is meant to take about 4 minutes on one H100, well inside the
-# 6-minute budget (--budget-s 360): the demo set at its YAML size (8 clips of 3 s: ~450 training
-# frames, preprocessed in seconds on 16 cores); the training steps at the YAML batch sizes (the
-# memory a real run needs) but only 1 warm-up + 5 timed steps (12 cases, ~1 s a step at most);
-# resume runs of 6-8 small steps (3-4 runs of a few seconds per model); 4 s of 720p per inference
-# mode plus a 1 s warm-up; 20 loader steps per model (epochs of 14 batches). A child process
-# costs 2-3 s of start-up (torch, CUDA context), 10 children and a torchrun in all. These are
-# estimates from the CPU timings and typical H100 speed: no GPU run has been recorded yet.
+# Sizes on a GPU, chosen to fit the 6-minute budget (--budget-s 360) on one GPU: the demo set at
+# its YAML size, the training steps at the YAML batch sizes (the memory a real run needs) but only
+# 1 warm-up + 5 timed steps, short resume runs, 4 s of 720p per inference mode plus a 1 s warm-up,
+# 20 loader steps per model. No GPU run has been recorded yet: the report's "seconds" per case
+# (python benchmarks/gpu_check.py) will say whether they fit.
 FULL = dict(
     demo={},                                    # demo.yaml: 8 clips of 3 s
     train_batch={},                             # the model's YAML batch size
@@ -83,7 +80,7 @@ FULL = dict(
     loader=dict(steps=20, overrides={}),
 )
 # --quick (with --device cpu: the test): the smallest sizes that still run every line, and only the
-# cases cheap on a CPU (fp16 and bf16 autocast are emulated there, 10-50x slower); the others are
+# cases cheap on a CPU (fp16 and bf16 autocast are emulated there, far slower); the others are
 # listed as skipped.
 QUICK = dict(
     demo=dict(demo_num_clips=2, demo_clip_seconds=1.0,    # 1 train and 1 val clip of 25 frames,
@@ -687,8 +684,8 @@ def main():
                   cudnn=torch.backends.cudnn.version() if args.device.startswith("cuda") else None,
                   gpus=torch.cuda.device_count(), quick=args.quick, budget_s=args.budget_s, cases={})
     results = {}
-    # --quick runs its few cases in one child: on a CPU each child's start-up (Python, torch) costs
-    # about as much as a case.
+    # --quick runs its few cases in one child: on a CPU a child's start-up (Python, torch) is
+    # comparable to a quick case.
     groups = [sum(GROUPS, [])] if args.quick else GROUPS
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as root:
         for group in groups:

@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from talkingface.data.dataset.syncnet_dataset import SyncNetDataset
-from talkingface.trainer.health import GrowsPast, Health, NotFalling, StaysWithin
+from talkingface.trainer.health import Health, MeanRatioAbove, StaysWithin
 from talkingface.trainer.hyperlipsbase_trainer import HyperLipsBaseTrainer
 from talkingface.trainer.syncnet_trainer import SyncNetTrainer
 from talkingface.trainer.trainer import TrainingError, adam
@@ -39,15 +39,15 @@ def test_stays_within_judges_the_mean_of_the_last_patience_values():
 
 
 def test_not_falling_compares_the_last_window_with_the_first():
-    flat = NotFalling(2, margin=0.05)
+    flat = MeanRatioAbove(2, 1 - 0.05)
     assert feed(flat, [1.0, 1.0, 0.99, 0.98]) == [False, False, False, True]   # 0.985 > 0.95
-    falling = NotFalling(2, margin=0.05)
+    falling = MeanRatioAbove(2, 1 - 0.05)
     assert feed(falling, [1.0, 1.0, 0.9, 0.9, 1.0, 1.0]) == [False] * 4 + [False, True]
     assert falling.first_mean == 1.0 and falling.recent_mean == 1.0
 
 
 def test_grows_past_a_multiple_of_the_first_window():
-    window = GrowsPast(2, factor=10)
+    window = MeanRatioAbove(2, 10)
     assert feed(window, [0.5, 0.7, 3.0, 6.0]) == [False, False, False, False]   # 4.5 < 6
     assert feed(window, [8.0]) == [True]                                         # 7.0 > 6
 

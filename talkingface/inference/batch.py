@@ -34,9 +34,10 @@ from talkingface.config.configurator import parse_value
 from talkingface.config.schema import show_path, show_text, show_value
 from talkingface.inference.pipeline import LipSyncer
 from talkingface.utils.distributed import (all_gather_object, is_distributed, is_main_process, patient_group, rank,
-                                           world_size)
-from talkingface.utils.errors import ConfigError, InputError, TalkingFaceError
+                                           raise_if_any_failed, world_size)
+from talkingface.utils.errors import ConfigError, InputError, TalkingFaceError, error_line
 from talkingface.utils.files import probe_writable, write_json_atomic
+from talkingface.utils.runtime import usable_cpus
 from talkingface.utils.tracking import TRACKER_KEYS
 
 logger = logging.getLogger(__name__)
@@ -177,10 +178,11 @@ def run_job(syncer, job, worker=0, total=None):
         syncer.run(job.video, job.audio, job.output, **job.settings)
         error = None
     except TalkingFaceError as exc:
-        error = _first_line(exc)
+        error = error_line(exc) or type(exc).__name__
     except Exception as exc:  # a bug: its traceback goes to the log, the other rows still run
         logger.exception("row %d: unexpected error", job.row)
-        error = f"unexpected {type(exc).__name__}: {_first_line(exc)}"
+        first = str(exc).strip().splitlines()  # a bug's message may be long: its first line, as the app shows
+        error = f"unexpected {type(exc).__name__}: {first[0] if first else ''}"
     if error:
         logger.warning("row %d failed: %s", job.row, error)
     return _result(job, "failed" if error else "done", error, time.perf_counter() - started, worker)
@@ -189,11 +191,6 @@ def run_job(syncer, job, worker=0, total=None):
 def _skipped(job, worker=0):
     logger.info("row %d: %s exists, skipped", job.row, job.output)
     return _result(job, "skipped", worker=worker)
-
-
-def _first_line(exc):
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 def _result(job, status, error=None, seconds=0.0, worker=0):
@@ -225,12 +222,10 @@ def run_jobs(syncer, jobs, report=None, progress=True):
         if is_main_process():
             _stopped(report, results, len(jobs))
         raise
-    if is_distributed():  # ranks finish far apart: a group without the 30-minute limit
-        shares = all_gather_object((results, fatal), group=patient_group())
-        results = [result for share, _ in shares for result in share]
-        fatal = next((error for _, error in shares if error is not None), None)
-    if fatal is not None:
-        raise fatal
+    group = patient_group()  # ranks finish far apart: no 30-minute limit (None: not distributed)
+    raise_if_any_failed(fatal, group)
+    if is_distributed():
+        results = [result for share in all_gather_object(results, group) for result in share]
     results.sort(key=lambda result: result["row"])
     if report and is_main_process():
         write_report(report, results, len(jobs))
@@ -281,21 +276,28 @@ def run_batch(config):
     return results
 
 
-def _run_in_workers(config, jobs, count, report, progress=True):
+def _run_in_workers(config, jobs, count, report):
     """num_infer_workers: the pending rows over `count` spawned processes (worker i: pending[i::count]),
     each loading the networks once, with cores // count torch threads; returns all results."""
     jobs = with_shared_avatars(jobs, config)
-    results = [_skipped(job) for job in jobs if os.path.exists(job.output)]
-    pending = [job for job in jobs if not os.path.exists(job.output)]
+    results, pending = [], []
+    for job in jobs:
+        if os.path.exists(job.output):
+            results.append(_skipped(job))
+        else:
+            pending.append(job)
+    if not pending:  # every output exists: no worker to start
+        write_report(report, results, len(jobs))
+        return results
     count = min(count, len(pending))
-    threads = max(1, _cores() // max(1, count))
+    threads = max(1, usable_cpus() // max(1, count))
     context = multiprocessing.get_context("spawn")  # fork would copy this process's torch threads and locks
     messages = context.Queue()
     workers = [context.Process(target=_worker, args=(config, pending[i::count], i, threads, messages),
                                name=f"infer-worker-{i}") for i in range(count)]
     fatal = None
     try:
-        with tqdm(total=len(jobs), initial=len(results), desc="jobs", unit="job", disable=not progress) as bar:
+        with tqdm(total=len(jobs), initial=len(results), desc="jobs", unit="job") as bar:
             for worker in workers:
                 worker.start()
             for kind, value in _receive(messages, workers):
@@ -336,10 +338,6 @@ def _receive(messages, workers):
         except queue.Empty:
             if not alive:
                 return
-
-
-def _cores():
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _worker(config, jobs, index, threads, messages):

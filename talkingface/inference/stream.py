@@ -7,9 +7,9 @@
     for frame in stream.close():          # the end of the audio: the last frames
         show(frame)
 
---mode=stream (quick_start/stream_mode.py): raw PCM s16le, 16 kHz, mono on stdin (--audio=-) or from a file, and YUV4MPEG2
-(y4m: 4:2:0, limited-range BT.601, 25 fps, the video's size) to stdout (--output=-) or to a .y4m file, which
-`ffplay -` and `ffmpeg -i -` read directly.
+--mode=stream (quick_start/stream_mode.py): raw PCM s16le, 16 kHz, mono on stdin (--audio=-) or from
+a file, and YUV4MPEG2 (y4m: 4:2:0, limited-range BT.601, 25 fps, the video's size) to stdout
+(--output=-) or to a .y4m file, which `ffplay -` and `ffmpeg -i -` read directly.
 
 When a frame is ready. Output frame k shows mel columns s..s+15 with s = int(80 k / 25)
 (utils.audio.mel_chunk). Mel column j is the STFT frame centred on sample 200 j (window 800,
@@ -160,8 +160,8 @@ class LipSyncStream:
 
     def push(self, samples):
         """Add audio (16 kHz, float in [-1, 1] or integer PCM, any length: utils.audio.as_mono_16k);
-        returns an iterator over the frames (BGR uint8) that became ready, in order, each rendered as the iterator reaches it
-        (a long chunk never holds many frames in memory). Consume it before the next push():
+        returns an iterator over the frames (BGR uint8) that became ready, in order, each rendered
+        as the iterator reaches it (a long chunk never holds many frames in memory). Consume it before the next push():
         frames it has not reached yet come from the next push() or close() instead."""
         if self.closed:
             raise InputError("push() after close(): start a new stream")

@@ -17,19 +17,23 @@ logger = logging.getLogger(__name__)
 
 
 class Window:
-    """The means of a series' first `patience` values and of its last `patience` values."""
+    """The means of a series' first `patience` values and of its last `patience` values (a running
+    sum: O(1) per value, whatever the patience)."""
 
     def __init__(self, patience):
         self.patience = patience
         self.count = 0
-        self.first_sum = 0.0
+        self.first_sum = self.recent_sum = 0.0
         self.recent = collections.deque(maxlen=patience)
 
     def add(self, x):
         self.count += 1
         if self.count <= self.patience:
             self.first_sum += x
+        if len(self.recent) == self.patience:
+            self.recent_sum -= self.recent[0]
         self.recent.append(x)
+        self.recent_sum += x
 
     @property
     def first_mean(self):
@@ -37,7 +41,7 @@ class Window:
 
     @property
     def recent_mean(self):
-        return sum(self.recent) / len(self.recent)
+        return self.recent_sum / len(self.recent)
 
 
 class StaysWithin(Window):
@@ -52,30 +56,18 @@ class StaysWithin(Window):
         return self.count >= self.patience and self.low <= self.recent_mean <= self.high
 
 
-class NotFalling(Window):
-    """Holds from value 2*patience on while the mean of the last `patience` values is not at least
-    `margin` (a fraction) below the mean of the first `patience` values."""
+class MeanRatioAbove(Window):
+    """Holds from value 2*patience on while the mean of the last `patience` values is over `ratio`
+    times the mean of the first `patience` values: ratio 1 - margin, a loss that has not fallen by
+    `margin`; ratio 10, a loss growing without bound."""
 
-    def __init__(self, patience, margin):
+    def __init__(self, patience, ratio):
         super().__init__(patience)
-        self.margin = margin
+        self.ratio = ratio
 
     def update(self, x):
         self.add(x)
-        return self.count >= 2 * self.patience and self.recent_mean > (1 - self.margin) * self.first_mean
-
-
-class GrowsPast(Window):
-    """Holds from value 2*patience on while the mean of the last `patience` values is over `factor`
-    times the mean of the first `patience` values (a loss growing without bound)."""
-
-    def __init__(self, patience, factor):
-        super().__init__(patience)
-        self.factor = factor
-
-    def update(self, x):
-        self.add(x)
-        return self.count >= 2 * self.patience and self.recent_mean > self.factor * self.first_mean
+        return self.count >= 2 * self.patience and self.recent_mean > self.ratio * self.first_mean
 
 
 class Health:

@@ -18,7 +18,7 @@ from talkingface.model import load_network
 from talkingface.model.inputs import expert_face_input, masked_input, reference_index, to_uint8_images
 from talkingface.model.losses import bce, sync_probability
 from talkingface.trainer.adversarial import AdversarialTrainer
-from talkingface.trainer.health import GrowsPast, Health, NotFalling, StaysWithin
+from talkingface.trainer.health import Health, MeanRatioAbove, StaysWithin
 from talkingface.utils.audio import frame_mel_chunks
 from talkingface.utils.checkpoint import stage_checkpoint
 from talkingface.utils.errors import CheckpointError
@@ -61,9 +61,9 @@ class HyperLipsBaseTrainer(AdversarialTrainer):
         """Windows over the losses train_step returns: does the expert's verdict on the generated
         frames improve, and does the discriminator still give the generator a signal?"""
         patience = self.config["health_patience"]
-        self.sync_flat = NotFalling(patience, SYNC_FALL_MARGIN)
+        self.sync_flat = MeanRatioAbove(patience, 1 - SYNC_FALL_MARGIN)
         self.disc_at_zero = StaysWithin(patience, high=DISC_LOSS_FLOOR)
-        self.gan_growing = GrowsPast(patience, GAN_LOSS_GROWTH)
+        self.gan_growing = MeanRatioAbove(patience, GAN_LOSS_GROWTH)
         self.health = Health(self.log_scalars, self.config["log_interval"])
 
     def check_health(self, losses):

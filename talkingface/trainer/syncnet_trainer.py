@@ -69,9 +69,9 @@ class SyncNetTrainer(Trainer):
             seen = f"validation accuracy over the last {window.patience} validations"
         report = os.path.join(self.config["preprocessed_root"], "report.json")
         return (f"the SyncNet expert is no better than chance at step {self.global_step}: its mean {seen} is "
-                f"{window.recent_mean:.4f} (chance: {chance}). Experts often sit there a long while before they "
-                "learn; if it stays, the likely causes are audio shifted against the video, tiny or blurred faces, "
-                f"static or silent clips, too few speakers: see the clips' face sizes and offsets in {report}")
+                f"{window.recent_mean:.4f} (chance: {chance}). If it stays there, the likely causes are audio shifted "
+                "against the video, tiny or blurred faces, static or silent clips, too few speakers: see each "
+                f"clip's face size, sharpness, static and silent fractions and the flagged clips in {report}")
 
     def _loss_and_probability(self, batch):
         face = batch["face"]

@@ -21,7 +21,7 @@ import numpy as np
 import soundfile as sf
 
 from talkingface.utils.errors import InputError, finite_number, short_repr
-from talkingface.utils.ffmpeg import check_input_file, error_line, ffmpeg_exe, input_args, is_refused, refused
+from talkingface.utils.ffmpeg import check_input_file, ffmpeg_exe, input_args, is_refused, refused, stderr_line
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def has_audio_stream(path: str | os.PathLike) -> bool:
     if is_refused(err):
         raise refused(path, "Audio source")
     if "Invalid data found" in err or "No such file" in err:
-        raise InputError(f"Cannot read audio source {path}: {error_line(proc.stderr)}")
+        raise InputError(f"Cannot read audio source {path}: {stderr_line(proc.stderr)}")
     return _AUDIO_STREAM_RE.search(err) is not None
 
 
@@ -127,7 +127,7 @@ def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
         if "matches no streams" in err:
             raise InputError(f"No audio stream in {path}: give a wav/mp3 or a video with sound "
                              f"(or put its audio beside it as {path.stem}.wav)")
-        raise InputError(f"Cannot decode audio from {path}: {error_line(proc.stderr)}")
+        raise InputError(f"Cannot decode audio from {path}: {stderr_line(proc.stderr)}")
     wav = np.frombuffer(proc.stdout, dtype="<f4").astype(np.float32)
     if wav.size == 0:
         raise InputError(f"Audio in {path} is empty (no samples decoded): use a file with sound")

@@ -70,7 +70,7 @@ def refused(path: str | os.PathLike, what: str) -> InputError:
                       "avi video, an image, or a wav, mp3, m4a or flac file")
 
 
-def error_line(stderr: bytes) -> str:
+def stderr_line(stderr: bytes) -> str:
     """The most telling line of ffmpeg's error output, for a one-line message."""
     lines = [ln.strip() for ln in stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
     return lines[-1] if lines else "unknown ffmpeg error"

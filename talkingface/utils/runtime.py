@@ -70,3 +70,14 @@ def use_bf16(setting, device):
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+def usable_cpus():
+    """CPUs for this process's workers: the affinity mask's (not the host's count, in containers),
+    shared evenly among the ranks a launcher started on this machine (LOCAL_WORLD_SIZE)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE") or 1)
+    return max(1, cpus // max(1, local_ranks))

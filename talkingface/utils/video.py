@@ -25,8 +25,8 @@ import numpy as np
 
 from talkingface.utils.audio import has_audio_stream
 from talkingface.utils.errors import InputError, finite_number, short_repr
-from talkingface.utils.ffmpeg import (check_input_file, error_line, ffmpeg_exe, input_args, is_refused, open_capture,
-                                      refused)
+from talkingface.utils.ffmpeg import (check_input_file, ffmpeg_exe, input_args, is_refused, open_capture, refused,
+                                      stderr_line)
 from talkingface.utils.files import probe_writable, remove_stale_temp_files, temp_name
 
 logger = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
     if proc.returncode != 0 or video is None:
         if "matches no streams" in err or (proc.returncode == 0 and video is None):
             raise InputError(f"No video stream in {path}: give a video file or an image")
-        raise InputError(f"Cannot read video {path}: {error_line(proc.stderr)}")
+        raise InputError(f"Cannot read video {path}: {stderr_line(proc.stderr)}")
     size = _SIZE_RE.search(video)
     if size is None:
         raise InputError(f"Cannot read the frame size of {path}: the file may be corrupt")
@@ -384,7 +384,7 @@ class VideoWriter:
         if self._stderr is None:
             return "no output"
         self._stderr.seek(0)
-        return error_line(self._stderr.read())
+        return stderr_line(self._stderr.read())
 
     def close(self) -> None:
         """Finish encoding, mux the audio and move the file into place."""

@@ -25,11 +25,13 @@ import cv2
 import numpy as np
 import soundfile as sf
 
+from talkingface.utils.audio import SAMPLE_RATE, SAMPLES_PER_FRAME
+from talkingface.utils.files import write_atomic, write_text_atomic
+
 logger = logging.getLogger(__name__)
 
 STATIC_DIFF = 1.0  # mean absolute grayscale difference (0-255) below which a frame repeats the previous one
 SILENCE_DBFS = -50.0  # RMS of a 40 ms audio frame below which it is silence (dB relative to full scale)
-SILENCE_FRAME_SECONDS = 0.04  # one video frame at 25 fps
 
 # column: (label, unit)
 COLUMNS = {"face_px": ("face size (median)", "px"), "face_px_min": ("face size (min)", "px"),
@@ -57,9 +59,10 @@ class CropStats:
         self._previous = (index, gray)
 
 
-def silence_fraction(wav, sr=16000):
-    """Fraction of the 40 ms frames of `wav` (float, full scale 1.0) with RMS below SILENCE_DBFS."""
-    hop = int(round(sr * SILENCE_FRAME_SECONDS))
+def silence_fraction(wav, sr=SAMPLE_RATE):
+    """Fraction of the 40 ms frames (one video frame each) of `wav` (float, full scale 1.0) with RMS
+    below SILENCE_DBFS."""
+    hop = SAMPLES_PER_FRAME * sr // SAMPLE_RATE
     n = len(wav) // hop
     if n == 0:
         return 1.0
@@ -68,7 +71,7 @@ def silence_fraction(wav, sr=16000):
     return float(np.mean(20.0 * np.log10(rms + 1e-12) < SILENCE_DBFS))
 
 
-def clip_stats(crops, first, stop, boxes, wav, sr=16000):
+def clip_stats(crops, first, stop, boxes, wav, sr=SAMPLE_RATE):
     """The report columns of the clip made of frames first..stop-1 (`crops`: a CropStats)."""
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     sides = ((boxes[:, 2] - boxes[:, 0]) + (boxes[:, 3] - boxes[:, 1])) / 2
@@ -113,8 +116,7 @@ def read_entries(path):
 
 def thresholds(config):
     """{setting: value} of the flags' thresholds in `config`."""
-    return {"data_min_face_px": config["data_min_face_px"], "data_min_sharpness": config["data_min_sharpness"],
-            "data_max_static": config["data_max_static"], "data_max_silence": config["data_max_silence"]}
+    return {setting: config[setting] for _, setting, _ in FLAGS.values()}
 
 
 def flags_for(stats, limits):
@@ -180,7 +182,7 @@ def log_summary(summary):
                     len(summary["filtered"]))
 
 
-def write_histograms(report, root, limits=None):
+def write_histograms(report, root, limits):
     """report.png (matplotlib) with a histogram per column of the usable clips (dashed: the flag
     threshold); report.html with inline SVG bars when matplotlib is missing. Returns the path."""
     ok = [e["stats"] for e in report.values() if e["status"] == "ok" and e.get("stats")]
@@ -196,18 +198,18 @@ def write_histograms(report, root, limits=None):
     for ax, column in zip(axes, columns):
         fraction = column in ("static", "silence")
         ax.hist([s[column] for s in ok], bins=20, range=(0, 1) if fraction else None, color="#4a7ab8")
-        for _, (flag_column, setting, _) in FLAGS.items():
-            if flag_column == column and limits:
+        for flag_column, setting, _ in FLAGS.values():
+            if flag_column == column:
                 ax.axvline(limits[setting], color="#c0392b", linestyle="--", linewidth=1)
         label, unit = COLUMNS[column]
         ax.set_title(label, fontsize=10)
         ax.set_xlabel(unit or "value")
     axes[0].set_ylabel("clips")
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=80, metadata={"Software": None})
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=80, metadata={"Software": None}), binary=True)
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -221,6 +223,5 @@ def _write_html(stats, columns, path):
                        f"fill='#4a7ab8'/>" for i, c in enumerate(counts))
         parts.append(f"<h3>{COLUMNS[column][0]} ({edges[0]:g} .. {edges[-1]:g})</h3>"
                      f"<svg width='300' height='100'>{bars}</svg>")
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("\n".join(parts))
+    write_text_atomic(path, "\n".join(parts))
     return path

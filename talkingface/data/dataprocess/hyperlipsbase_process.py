@@ -44,6 +44,7 @@ from talkingface.data.dataprocess import data_report
 from talkingface.data.dataprocess.demo import demo_is_current, ensure_demo_dataset
 from talkingface.data.dataset.clip import DONE_MARKER, SPLITS, filelist_path
 from talkingface.utils import distributed as dist_utils
+from talkingface.utils.runtime import usable_cpus
 from talkingface.utils.audio import (SIDECAR_AUDIO_EXTENSIONS, audio_source_for, load_audio, melspectrogram,
                                      save_wav, sidecar_audio)
 from talkingface.utils.errors import ConfigError, InputError, TalkingFaceError
@@ -752,14 +753,3 @@ def run_on_main_process(work, group):
     if isinstance(result, TalkingFaceError):
         raise result
     return result
-
-
-def usable_cpus():
-    """CPUs for this process's workers: the affinity mask's (not the host's count, in containers),
-    shared evenly among the ranks a launcher started on this machine (LOCAL_WORLD_SIZE)."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
-    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE") or 1)
-    return max(1, cpus // max(1, local_ranks))

@@ -41,7 +41,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from talkingface.data.dataprocess.hyperlipsbase_process import run_on_main_process, usable_cpus
+from talkingface.data.dataprocess.hyperlipsbase_process import run_on_main_process
+from talkingface.utils.runtime import usable_cpus
 from talkingface.data.dataset.clip import DONE_MARKER, SPLITS, Clip, read_filelist
 from talkingface.data.dataset.hr_layout import (BASE_SIZE, FORMAT_VERSION, IMAGE_FOLDERS, frame_path,  # noqa: F401
                                                 hr_root, hr_size_root, resolve_base_checkpoint)
