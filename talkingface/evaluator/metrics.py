@@ -18,9 +18,9 @@ clip's driving audio (the reconstruction setting). Definitions, so a paper table
   (a real clip against itself); a mouth that shakes from frame to frame raises it even where its
   mean position is right (a constant offset leaves it at 0, LMD does not). The mesh runs on each
   frame independently (no tracking, which would smooth the jitter away).
-- LSE-C / LSE-D: official SyncNet (syncnet_v2) confidence and distance (see syncnet_v2.py, sync.py).
+- LSE-C / LSE-D: official SyncNet (syncnet_v2) confidence and distance (see model/syncnet_v2.py, model/av_sync.py).
 - SyncScore-C / SyncScore-D: the same procedure with the project's own lip-sync expert
-  (expert.py); NOT comparable with published LSE numbers, hence the different name.
+  (model/expert_windows.py); NOT comparable with published LSE numbers, hence the different name.
 - FID: Frechet distance between InceptionV3 pool3 features of all generated and all real frames
   (inception.py); a dataset-level number, not per clip.
 The `-offset`, `-D@0` and `-C@0` companions of LSE/SyncScore are the best audio offset (frames) and
@@ -35,8 +35,8 @@ import numpy as np
 import torch
 
 from talkingface.config.configurator import resolve_device
-from talkingface.evaluator import expert, inception, sync, syncnet_v2
-from talkingface.model import load_network
+from talkingface.evaluator import inception
+from talkingface.model import av_sync, expert_windows, load, syncnet_v2
 from talkingface.utils.checkpoint import stage_checkpoint
 from talkingface.utils.errors import CheckpointError
 from talkingface.utils.face import FaceMesh
@@ -276,7 +276,7 @@ class LipJitter(_LipMetric):
 
 
 class _SyncMetric(Metric):
-    """Shared by LSE and SyncScore: window embeddings -> offset search (sync.sync_scores)."""
+    """Shared by LSE and SyncScore: window embeddings -> offset search (av_sync.sync_scores)."""
 
     zero_pad = True
 
@@ -296,7 +296,7 @@ class _SyncMetric(Metric):
         except ValueError as exc:     # too short or silent: no value for this clip, not a crash
             logger.info("%s: no value for %s (%s)", self.name, sample.name, exc)
             return {f"{self.name}-{key}": None for key in ("C", "D", "offset", "D@0", "C@0")}
-        return sync.sync_scores(video_emb, audio_emb, self.vshift, zero_pad=self.zero_pad).as_dict(self.name)
+        return av_sync.sync_scores(video_emb, audio_emb, self.vshift, zero_pad=self.zero_pad).as_dict(self.name)
 
 
 @METRICS.register("LSE")
@@ -324,8 +324,8 @@ class LSE(_SyncMetric):
 
 @METRICS.register("SyncScore")
 class SyncScore(_SyncMetric):
-    """LSE's procedure with the project's own expert (expert.py); offsets that pair fewer than half
-    of the windows are left out instead of being compared with zero embeddings (zero_pad=False)."""
+    """LSE's procedure with the project's own expert (model/expert_windows.py); offsets that pair
+    fewer than half of the windows are left out instead of being compared with zero embeddings (zero_pad=False)."""
 
     name = "SyncScore"
     zero_pad = False
@@ -345,10 +345,10 @@ class SyncScore(_SyncMetric):
             self.skip(str(exc))
             return
         logger.info("SyncScore uses the lip-sync expert %s", path)
-        self.net = load_network("SyncNet", path).to(self.device).eval()
+        self.net = load("SyncNet", path).network.to(self.device)
 
     def embeddings(self, frames, wav):
-        return expert.expert_embeddings(self.net, frames, wav, self.device, self.batch_size, self.hflip)
+        return expert_windows.expert_embeddings(self.net, frames, wav, self.device, self.batch_size, self.hflip)
 
 
 @METRICS.register("FID")

@@ -133,7 +133,7 @@ def load_pair(generated, real, size, max_frames, config, sync_crops=False):
             gen_boxes = detect_boxes(gen_frames, config)
         gen_crops = crop_frames(gen_frames, gen_boxes, size)
         if sync_crops:
-            from talkingface.evaluator.syncnet_v2 import syncnet_crops   # lazy: torch, see the top
+            from talkingface.model.syncnet_v2 import syncnet_crops   # lazy: torch, see the top
             found = np.isfinite(gen_boxes).all(axis=1)
             face_boxes = np.array(gen_boxes[found], dtype=np.float64)
             face_boxes[:, 3] -= int(config["face_pad_bottom"])   # the detector's box, without our chin pad

@@ -10,9 +10,13 @@ hand, nothing decoded twice):
 - static: fraction of frames whose grayscale crop differs from the previous one by a mean absolute
   difference below STATIC_DIFF (on 0-255): a frozen or still-image video;
 - silence: fraction of the clip's 40 ms audio frames (16 kHz, 640 samples) whose RMS lies below
-  SILENCE_DBFS (relative to full scale 1.0).
+  SILENCE_DBFS (relative to full scale 1.0);
+- offset, offset_confidence, offset_method, offset_applied, offset_left: the clip's audio-video
+  offset in frames (syncnet_python's sign: positive = sound early), how clearly it was found, by
+  which method (None: not measured), the shift av_offset=fix applied to its audio, and the |offset|
+  still in its audio when the estimate is confident (av_offset.py).
 
-A clip is flagged when it breaches a data_* setting (small_face, blurry, static, silent); with
+A clip is flagged when it breaches a data_* setting (small_face, blurry, static, silent, shifted); with
 data_filter it is left out of the filelists (its folder stays). The totals go under the top-level
 "summary" key of report.json: readers of the per-video entries skip keys whose value has no
 "video" (as "split_files").
@@ -36,12 +40,14 @@ SILENCE_DBFS = -50.0  # RMS of a 40 ms audio frame below which it is silence (dB
 # column: (label, unit)
 COLUMNS = {"face_px": ("face size (median)", "px"), "face_px_min": ("face size (min)", "px"),
            "sharpness": ("sharpness (Laplacian variance)", ""), "static": ("static fraction", ""),
-           "silence": ("silence fraction", "")}
+           "silence": ("silence fraction", ""), "offset": ("audio-video offset", "frames"),
+           "offset_confidence": ("offset confidence", "std devs"), "offset_left": ("offset left in the audio", "frames")}
 # flag: (column, setting, breached when the value is ... the setting)
 FLAGS = {"small_face": ("face_px", "data_min_face_px", "below"),
          "blurry": ("sharpness", "data_min_sharpness", "below"),
          "static": ("static", "data_max_static", "above"),
-         "silent": ("silence", "data_max_silence", "above")}
+         "silent": ("silence", "data_max_silence", "above"),
+         "shifted": ("offset_left", "data_max_offset", "above")}
 
 
 class CropStats:
@@ -116,9 +122,10 @@ def read_entries(path):
 
 def thresholds(config):
     """{setting: value} of the flags' thresholds in `config`."""
-    # spelled out, not derived from FLAGS: tests/test_config.py finds the keys the code reads by their literal reads
+    # spelled out, not derived from FLAGS: tests/unit/config/test_config.py finds the keys the code reads by their literal reads
     return {"data_min_face_px": config["data_min_face_px"], "data_min_sharpness": config["data_min_sharpness"],
-            "data_max_static": config["data_max_static"], "data_max_silence": config["data_max_silence"]}
+            "data_max_static": config["data_max_static"], "data_max_silence": config["data_max_silence"],
+            "data_max_offset": config["data_max_offset"]}
 
 
 def flags_for(stats, limits):
@@ -188,7 +195,7 @@ def write_histograms(report, root, limits):
     """report.png (matplotlib) with a histogram per column of the usable clips (dashed: the flag
     threshold); report.html with inline SVG bars when matplotlib is missing. Returns the path."""
     ok = [e["stats"] for e in report.values() if e["status"] == "ok" and e.get("stats")]
-    columns = [c for c in COLUMNS if c != "face_px_min"]
+    columns = [c for c in COLUMNS if c not in ("face_px_min", "offset_left")]
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -199,7 +206,10 @@ def write_histograms(report, root, limits):
     fig, axes = plt.subplots(1, len(columns), figsize=(4 * len(columns), 3.2))
     for ax, column in zip(axes, columns):
         fraction = column in ("static", "silence")
-        ax.hist([s[column] for s in ok], bins=20, range=(0, 1) if fraction else None, color="#4a7ab8")
+        values = [s[column] for s in ok if s.get(column) is not None]  # offsets: None when not measured
+        ax.hist(values, bins=20, range=(0, 1) if fraction else None, color="#4a7ab8")
+        if not values:
+            ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
         for flag_column, setting, _ in FLAGS.values():
             if flag_column == column:
                 ax.axvline(limits[setting], color="#c0392b", linestyle="--", linewidth=1)
@@ -218,7 +228,7 @@ def write_histograms(report, root, limits):
 def _write_html(stats, columns, path):
     parts = ["<!doctype html><meta charset='utf-8'><title>data report</title>"]
     for column in columns:
-        values = np.asarray([s[column] for s in stats], np.float64)
+        values = np.asarray([s[column] for s in stats if s.get(column) is not None], np.float64)
         counts, edges = np.histogram(values, bins=20) if len(values) else (np.zeros(20, int), np.linspace(0, 1, 21))
         top = max(1, counts.max())
         bars = "".join(f"<rect x='{i * 15}' y='{100 - 100 * c / top:.1f}' width='14' height='{100 * c / top:.1f}' "

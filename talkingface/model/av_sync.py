@@ -1,4 +1,5 @@
-"""Audio-visual offset search shared by LSE (official syncnet_v2) and SyncScore (our expert).
+"""Audio-visual offset search shared by LSE (official syncnet_v2), SyncScore (our expert) and the
+offset detection of preprocessing (data/dataprocess/av_offset.py).
 
 The procedure is SyncNet's (syncnet_python `SyncNetInstance.evaluate` / `calc_pdist`): one video
 embedding and one audio embedding per 5-frame window; for every audio offset in [-vshift, vshift]

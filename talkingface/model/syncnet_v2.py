@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from talkingface.evaluator.mfcc import syncnet_mfcc
+from talkingface.model.mfcc import syncnet_mfcc
 from talkingface.utils.audio import SAMPLES_PER_FRAME
 from talkingface.utils.checkpoint import load_checkpoint_file
 from talkingface.utils.errors import CheckpointError
