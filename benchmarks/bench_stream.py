@@ -1,25 +1,36 @@
 """Streaming lip-sync at real-time pace: sustained frame rate, backlog and latency, random-init weights.
 
     python benchmarks/bench_stream.py [--video V] [--audio A] [--seconds 60] [--modes base hr]
-                                      [--batch-size 1] [--chunk-ms 20] [--device cpu] [--threads N]
+                                      [--batch-sizes 1 2 4 8] [--chunk-ms 20] [--device cpu] [--threads N]
 
 Without --video, the synthetic 1280x720 talking-face clip of benchmarks/harness.py is the avatar
 and its own track (looped) the audio. Each mode runs in its own process: the avatar is prepared
 (prepare_seconds, not counted below), then a feeder thread releases the audio in --chunk-ms chunks
 at real-time pace and the stream (talkingface.inference.stream) takes whatever has arrived,
-emitting frames as their audio completes.
+emitting frames as their audio completes. One run per mode and --batch-sizes value
+(infer_batch_size of the stream; default 1).
 
-Reported per mode:
+Reported per run:
 - frames_per_s: frames emitted before close() / seconds from the first audio to the last of them;
   real time is 25;
 - latency_ms p50/p95/max: per frame, from the arrival of the chunk holding the last sample the frame
   needs (stream.samples_needed) to the frame's emission;
 - backlog_frames: frames whose audio had arrived but were not emitted yet, averaged over the first
   and the last third of the run (growth = last - first; > 0: falling behind real time) and its max;
+- frames_after_audio_end: the frames close() returned (their mel windows reach past the last sample);
+- av_offset_frames: frames emitted in all (after close()) minus the frames the samples received
+  imply (utils.audio.n_video_frames_for_audio); 0 means audio and video end together.
+  last_frame_end_s vs audio_seconds_received: where the last frame ends (frames / 25) against the
+  audio clock (samples / 16000); last_frame_end_minus_audio_ms is in (-40, 0] when av_offset is 0;
+- rss_mb: resident memory sampled every --rss-every seconds from the first audio to the end of
+  close(): peak in the first and the last third of the samples, growth = last - first (flat: ~0);
 - prepare_profile_ms: milliseconds in each stage while the avatar was prepared (in all);
 - cpu_ms_per_frame and frames_per_s_if_cores_idle = cpu_count * 1000 / cpu_ms_per_frame, as in
   bench_inference.py (on a busy machine wall-clock figures say little), and the stage profile of
   the streaming (ms per frame).
+
+With several --batch-sizes, best_batch_within_300ms_p95 (per mode, in the report) is the batch size
+with the highest frames_per_s among the runs whose latency p95 is at most 300 ms (null if none).
 """
 import argparse
 import os
@@ -46,7 +57,7 @@ def child(args):
     from talkingface.inference.profile import StageProfiler
     from talkingface.inference.stream import samples_needed
     from talkingface.model import build_network
-    from talkingface.utils.audio import load_audio
+    from talkingface.utils.audio import load_audio, n_video_frames_for_audio
     from talkingface.utils.checkpoint import save_checkpoint_file
     from talkingface.utils.runtime import keep_freed_memory
 
@@ -92,11 +103,20 @@ def child(args):
             arrivals.put((now, pcm[start:start + chunk]))
         arrivals.put(None)
 
+    rss = []  # (seconds from the first audio, resident MB), every --rss-every s until close() is done
+    sampling = threading.Event()
+
+    def sample_rss():
+        while not sampling.wait(args.rss_every):
+            rss.append((time.perf_counter() - t_start, harness.current_rss_mb()))
+
     cpu_before = harness.cpu_seconds()
     feeder = threading.Thread(target=feed, daemon=True)
-    feeder.start()
+    sampler = threading.Thread(target=sample_rss, daemon=True)
     emitted, backlog, done = [], [], False
     t_start = time.perf_counter()
+    feeder.start()
+    sampler.start()
     while not done:
         pieces = [arrivals.get()]
         while True:  # everything that has arrived meanwhile, in one push
@@ -116,7 +136,10 @@ def child(args):
             ready += 1
         backlog.append((now - t_start, ready - len(emitted)))
     n_streamed = len(emitted)
-    tail = stream.close()
+    n_closed = len(stream.close())  # the last frames: their mel windows reach past the last sample
+    sampling.set()
+    sampler.join()
+    rss.append((time.perf_counter() - t_start, harness.current_rss_mb()))
     cpu = harness.cpu_seconds() - cpu_before
     latency = []
     for k, t in enumerate(emitted):
@@ -125,17 +148,27 @@ def child(args):
     thirds = max(1, len(backlog) // 3)
     first_third = float(np.mean([b for _, b in backlog[:thirds]]))
     last_third = float(np.mean([b for _, b in backlog[-thirds:]]))
-    n_all = n_streamed + len(tail)
+    n_all = n_streamed + n_closed
+    n_samples = len(pcm)
+    rss_third = max(1, len(rss) // 3)
+    rss_first, rss_last = max(m for _, m in rss[:rss_third]), max(m for _, m in rss[-rss_third:])
     profiler.frames, profiler.wall = n_all, time.perf_counter() - t_start
     harness.print_child_result({
         "mode": "HR 128" if args.mode == "hr" else "Base", "audio_seconds": args.seconds,
         "chunk_ms": args.chunk_ms, "infer_batch_size": args.batch_size, "prepare_seconds": round(prepare_seconds, 2),
         "prepare_profile_ms": prepare_profile,
-        "frames": n_all, "frames_per_s": round(n_streamed / max(1e-9, emitted[-1] - t_start), 2) if emitted else 0.0,
+        "frames": n_all, "frames_after_audio_end": n_closed,
+        "frames_per_s": round(n_streamed / max(1e-9, emitted[-1] - t_start), 2) if emitted else 0.0,
         "latency_ms": {"p50": round(float(np.percentile(latency, 50)), 1),
                        "p95": round(float(np.percentile(latency, 95)), 1), "max": round(max(latency), 1)},
         "backlog_frames": {"first_third": round(first_third, 2), "last_third": round(last_third, 2),
                            "growth": round(last_third - first_third, 2), "max": max(b for _, b in backlog)},
+        "av_offset_frames": n_all - n_video_frames_for_audio(n_samples),
+        "last_frame_end_s": round(n_all / 25, 3), "audio_seconds_received": round(n_samples / 16000, 4),
+        "last_frame_end_minus_audio_ms": round(1000 * (n_all / 25 - n_samples / 16000), 1),
+        "rss_mb": {"samples": len(rss), "every_s": args.rss_every, "first_third_peak": rss_first,
+                   "last_third_peak": rss_last, "growth": round(rss_last - rss_first, 1)},
+        "wall_seconds": round(time.perf_counter() - t_start, 1),
         "cpu_ms_per_frame": round(1000 * cpu / n_all, 1),
         "frames_per_s_if_cores_idle": round(os.cpu_count() * n_all / cpu, 2),
         "peak_rss_mb": harness.peak_rss_mb(), "load_average_1min": harness.load_average(),
@@ -145,8 +178,11 @@ def child(args):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     harness.add_inference_arguments(parser, 60.0, "seconds of audio streamed")
-    parser.add_argument("--batch-size", type=int, default=1, help="infer_batch_size of the stream")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1],
+                        help="infer_batch_size of the stream: one run per value")
     parser.add_argument("--chunk-ms", type=float, default=20.0, help="audio chunk length")
+    parser.add_argument("--rss-every", type=float, default=1.0, help="seconds between resident-memory samples")
+    parser.add_argument("--batch-size", type=int, default=1, help=argparse.SUPPRESS)  # a child's
     args = parser.parse_args()
     if args.child:
         return child(args)
@@ -155,13 +191,26 @@ def main():
         args.video = args.video or harness.synthetic_talking_video(os.path.join(tmp, "synthetic_720p.mp4"))
         args.audio = args.audio or args.video
         for mode in args.modes:
-            result = harness.run_child(__file__, "--child", "--mode", mode, "--seconds", args.seconds,
-                                       "--video", args.video, "--audio", args.audio, "--device", args.device,
-                                       "--tmp", tmp, "--threads", args.threads, "--batch-size", args.batch_size,
-                                       "--chunk-ms", args.chunk_ms)
-            harness.print_child_result(result)
-            report["runs"].append(result)
+            for batch_size in args.batch_sizes:
+                result = harness.run_child(__file__, "--child", "--mode", mode, "--seconds", args.seconds,
+                                           "--video", args.video, "--audio", args.audio, "--device", args.device,
+                                           "--tmp", tmp, "--threads", args.threads, "--batch-size", batch_size,
+                                           "--chunk-ms", args.chunk_ms, "--rss-every", args.rss_every)
+                harness.print_child_result(result)
+                report["runs"].append(result)
+    if len(args.batch_sizes) > 1:
+        report["best_batch_within_300ms_p95"] = best_batch_within(report["runs"], 300.0)
     harness.print_report(report)
+
+
+def best_batch_within(runs, p95_ms):
+    """Per mode: the infer_batch_size with the highest frames_per_s among the runs whose latency p95
+    is at most p95_ms (None if none is)."""
+    best = {}
+    for mode in dict.fromkeys(run["mode"] for run in runs):
+        fitting = [run for run in runs if run["mode"] == mode and run["latency_ms"]["p95"] <= p95_ms]
+        best[mode] = max(fitting, key=lambda run: run["frames_per_s"])["infer_batch_size"] if fitting else None
+    return best
 
 
 if __name__ == "__main__":

@@ -56,6 +56,15 @@ def peak_rss_mb(children=False):
     return round(usage.ru_maxrss / 1024, 1)   # ru_maxrss is in KiB on Linux
 
 
+def current_rss_mb():
+    """Resident memory of this process now, in MB (Linux /proc; 0.0 where it is not there)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return round(int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+    except OSError:
+        return 0.0
+
+
 def run_child(script, *args, timeout=None):
     """Run `python script args...` and return the JSON object of its last '{' line. A failed run
     stops the benchmark with the child's last lines of stderr."""

@@ -7,6 +7,7 @@
     frames = lipsync(bgr_frames, samples, sample_rate=16000)   # in memory -> list of BGR frames, 25 fps
     stream = lipsync.stream("face.mp4", infer_batch_size=1)    # audio in chunks -> frames as they are ready
     frames = stream.push(chunk) ...; frames = stream.close()
+    live = lipsync.live("face.mp4"); live.push(chunk); live.get()  # real time: bounded latency, drops
     results = lipsync.batch([{"video": "a.mp4", "audio": "a.wav", "output": "o.mp4"}, ...])  # a result per job
 
 It is the pipeline of `--mode=infer` (talkingface.inference.pipeline.LipSyncer), which the web app
@@ -18,6 +19,7 @@ from talkingface.config import Config
 from talkingface.inference.arrays import ArraySource
 from talkingface.inference.batch import jobs_from_rows, run_jobs
 from talkingface.inference.pipeline import FPS, LipSyncer
+from talkingface.model import output_size
 from talkingface.utils.audio import SAMPLE_RATE, as_mono_16k
 
 
@@ -55,7 +57,7 @@ class LipSync:
     @property
     def output_size(self):
         """Side in pixels of the generated face: 128 for Base, the HR decoder's 128/256/512."""
-        return 128 if self._syncer.hr is None else 128 * self._syncer.hr.rescaling
+        return output_size(self._syncer.hr or self._syncer.base)
 
     def run(self, video, audio, output=None, fps=FPS, sample_rate=SAMPLE_RATE, progress=None, **settings):
         """Lip-sync and return the InferenceResult (output path or frames, face boxes, timing).
@@ -86,6 +88,25 @@ class LipSync:
             video = ArraySource(video, fps=fps)
         return self._syncer.stream(video if not isinstance(video, os.PathLike) else str(video),
                                    profiler=profiler, **settings)
+
+    def live(self, avatar, max_latency_ms=None, **settings):
+        """A live session over `avatar` (what stream() takes), its stream running in a thread of its
+        own: `push(samples)` from any thread as the audio is recorded, `get(timeout)` the next
+        LiveFrame (image, sample: its time counted in samples received), `stats()` (fps, latency,
+        dropped frames), `end()` (the audio is over: the last frames follow) or `close()` (stop now,
+        free the stream). When rendering falls behind, the audio waiting is skipped in whole
+        frames up to the newest one whose audio is in (they count as dropped; the stream restarts
+        there), so that no frame leaves more than max_latency_ms (default: live_max_latency_ms)
+        plus its own render time after its time.
+        Defaults infer_batch_size=1 and avatar_cache="on" (a prepared avatar starts at once).
+        See talkingface/live.py, the web app's Live tab.
+        """
+        from talkingface.live import LIVE_STREAM_SETTINGS, LiveSession
+
+        settings = dict(LIVE_STREAM_SETTINGS, **settings)
+        if max_latency_ms is None:
+            max_latency_ms = self.config["live_max_latency_ms"]
+        return LiveSession(lambda: self.stream(avatar, **settings), max_latency_ms)
 
     def batch(self, rows, report=None, progress=True):
         """Run many jobs with this model, as --mode=infer --jobs=CSV does (talkingface/inference/batch.py).

@@ -8,23 +8,26 @@ checkpoint_root, the --checkpoint given on the command line, or a file path type
 (app_allow_paths; by default only on a loopback app_host). Inputs are read from the upload folder only.
 One generation runs at a time (app_concurrency); the others wait in the queue. It binds to
 app_host (127.0.0.1) and sends nothing anywhere: analytics, update checks and hub telemetry are
-off, and the page's scripts, styles and fonts are served by the app itself.
+off, and the page's scripts, styles and fonts are served by the app itself. The Live tab (app_live;
+talkingface/live.py, live.js) streams the microphone over WebRTC to routes of the same server.
 """
 import copy
 import dataclasses
+import html
 import ipaddress
 import json
 import logging
 import os
+import secrets
 import shutil
 import tempfile
 import threading
 import time
 
-import torch
 
 from talkingface.api import LipSync
-from talkingface.model import extract_state_dict, hr_rescaling, identify_network
+from talkingface.live import LIVE_STREAM_SETTINGS, LiveServer
+from talkingface.model import inspect
 from talkingface.utils.checkpoint import CHECKPOINT_PATTERN, latest_checkpoint
 from talkingface.utils.errors import CheckpointError, ConfigError, InputError, TalkingFaceError
 
@@ -34,7 +37,8 @@ logger = logging.getLogger(__name__)
 OFFLINE_ENV = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
                "GRADIO_SSR_MODE": "False"}
 PRECISIONS = {"auto (bfloat16 where the CPU has it)": "auto", "bfloat16": True, "float32": False}
-SCREENSHOT_ENV = "TALKINGFACE_SCREENSHOT"  # read by tests/test_app.py, which makes docs/app.png
+SCREENSHOT_ENV = "TALKINGFACE_SCREENSHOT"  # read by tests/integration/test_app.py, which makes docs/app.png
+LIVE_SCREENSHOT_ENV = "TALKINGFACE_LIVE_SCREENSHOT"  # the same for the Live tab: docs/images/live.png
 # One line for every unusable typed path, so the page cannot tell which server files exist.
 TYPED_UNUSABLE = ("the typed checkpoint cannot be used: it is not a readable HyperLips checkpoint file "
                   "(check the path, or clear it to use the list)")
@@ -55,25 +59,10 @@ def _step(path):
     return int(match.group(1)) if match else None
 
 
-def _state_dict(path):
-    """The state dict in a checkpoint file, or None when it cannot be read (for any reason)."""
-    try:
-        if not os.path.isfile(path):  # folders, devices and FIFOs are never read
-            return None
-        try:  # mmap: the key names without reading every tensor
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # a legacy (non-zip) file cannot be mapped
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        return extract_state_dict("HRDecoder", checkpoint)
-    except Exception:  # an unreadable file: loading it says why, when it is picked
-        return None
-
-
 def hr_size(path):
     """Output size of an HR decoder checkpoint (128/256/512) from its keys, or None."""
-    state_dict = _state_dict(path)
-    rescaling = hr_rescaling(state_dict) if state_dict else None
-    return 128 * rescaling if rescaling else None
+    found = inspect(path)
+    return found[1] if found and found[0] == "HRDecoder" else None
 
 
 def find_models(config):
@@ -112,8 +101,17 @@ def no_model_message(config):
 def allow_typed_paths(config):
     """app_allow_paths as a bool: auto allows typed checkpoint paths only on a loopback app_host."""
     value = config.get("app_allow_paths", "auto")
-    if value != "auto":
-        return bool(value)
+    return bool(value) if value != "auto" else _loopback(config)
+
+
+def live_enabled(config):
+    """app_live as a bool: auto offers the Live tab (a microphone streamed to this server) only on a
+    loopback app_host; browsers give pages the microphone only on https or localhost anyway."""
+    value = config.get("app_live", "auto")
+    return bool(value) if value != "auto" else _loopback(config)
+
+
+def _loopback(config):
     host = str(config["app_host"]).strip("[]")
     try:
         return host == "localhost" or ipaddress.ip_address(host).is_loopback
@@ -122,8 +120,11 @@ def allow_typed_paths(config):
 
 
 def _network(path):
-    state_dict = _state_dict(path)
-    return identify_network(state_dict) if state_dict else None
+    """The kind of network in the checkpoint file `path` (HRDecoder only with its size), or None."""
+    found = inspect(path)
+    if found is None or (found[0] == "HRDecoder" and found[1] is None):
+        return None
+    return f"HRDecoder ({found[1]} px)" if found[0] == "HRDecoder" else found[0]
 
 
 def typed_choice(config, checkpoint, base_checkpoint):
@@ -178,6 +179,23 @@ def derived_config(config, choice):
     return derived
 
 
+# silence_mode=source is batch only: a stream would have to hold every frame back by silence_min_ms
+# (inference/stream.py), which live mode's latency bound cannot afford.
+LIVE_SILENCE_MODES = ("rest", "generate")
+
+
+@dataclasses.dataclass
+class LiveAvatar:
+    path: str
+    choice: ModelChoice
+    silence_mode: str
+
+
+def _line(text, key=""):
+    """The Live tab's status (HTML): the text, and the key its Start button sends."""
+    return f'<p id="live_ready_line" data-key="{html.escape(key)}">{html.escape(text)}</p>'
+
+
 class LoadedModel:
     """The one model held in memory: loaded when first used, replaced when another is picked."""
 
@@ -206,6 +224,8 @@ class App:
         self.choices = find_models(config) if choices is None else choices
         self.loaded = LoadedModel(config)
         self.allow_paths = allow_typed_paths(config)
+        self.live_avatars = {}  # the key the page got -> LiveAvatar
+        self.live = LiveServer(self.open_live) if live_enabled(config) else None
 
     def choice(self, label, typed_checkpoint="", typed_base=""):
         if typed_checkpoint and typed_checkpoint.strip():
@@ -239,6 +259,47 @@ class App:
         for path in sorted(names, key=len, reverse=True):  # longest first: a folder inside another
             message = message.replace(path, names[path])
         return message
+
+    def prepare_live(self, avatar, label, silence_mode):
+        """(key for the page, status line): the avatar's face tracked and encoded once into the
+        avatar cache with the chosen model, so that every live session over it starts at once."""
+        try:
+            if self.live is None:
+                raise ConfigError("live mode is off on this server (app_live)")
+            if not avatar:
+                raise InputError("upload a video or a photo with a face for the avatar")
+            if silence_mode not in LIVE_SILENCE_MODES:
+                raise ConfigError(f"live silence_mode is one of {', '.join(LIVE_SILENCE_MODES)} (got {silence_mode})")
+            self._check_uploaded(avatar)
+            choice = self.choice(label)
+            with self.loaded.get(choice).stream(avatar, silence_mode=silence_mode, **LIVE_STREAM_SETTINGS):
+                pass  # opening the stream fills the avatar cache
+        except TalkingFaceError as exc:
+            return "", _line("error: " + self.public(str(exc), (avatar,)))
+        except Exception as exc:
+            logger.exception("live avatar preparation failed")
+            first = (str(exc).strip().splitlines() or [""])[0]
+            return "", _line(f"error: unexpected {type(exc).__name__}: {self.public(first, (avatar,))} (see the log)")
+        key = secrets.token_urlsafe(12)
+        self.live_avatars[key] = LiveAvatar(avatar, choice, silence_mode)
+        return key, _line(f"avatar ready: {os.path.basename(avatar)} with {choice.label}, silence_mode={silence_mode}. "
+                          f"Press Start and speak.", key)
+
+    def open_live(self, body):
+        """LiveServer's resolve: (key, open_stream, max_latency_ms) of the avatar the page prepared."""
+        avatar = self.live_avatars.get(str(body.get("avatar", "")))
+        if avatar is None:
+            raise InputError("prepare the avatar first (or again: the server was restarted)")
+        if not os.path.isfile(avatar.path):
+            raise InputError(f"{os.path.basename(avatar.path)} is no longer in the upload folder: upload it again")
+        choice = avatar.choice
+        key = (os.path.realpath(avatar.path), choice.model, choice.checkpoint, choice.base_checkpoint)
+
+        def open_stream():  # in the session's thread: a model load or a cache check never blocks the server
+            return self.loaded.get(choice).stream(avatar.path, silence_mode=avatar.silence_mode,
+                                                  **LIVE_STREAM_SETTINGS)
+
+        return key, open_stream, self.config["live_max_latency_ms"]
 
     def generate(self, video, photo, use_photo, audio, label, typed_checkpoint, typed_base, batch_size, precision,
                  progress=None):
@@ -287,6 +348,39 @@ class App:
                                f"{time.perf_counter() - started:.1f} s")
 
 
+def live_page(gr, app, labels):
+    """The Live tab: an avatar prepared once, then the microphone over WebRTC (LIVE_JS drives it)."""
+    gr.Markdown("Upload a video or a photo with a face and prepare it (its face is tracked and encoded once, "
+                "into the avatar cache). Then press Start: your microphone streams to this server and the "
+                "lip-synced avatar comes back with your voice. When the machine is slower than real time, "
+                "frames are dropped so that the delay stays under live_max_latency_ms.")
+    with gr.Row():
+        with gr.Column():
+            avatar = gr.File(label="Avatar (a video or a photo with a face)", file_types=["video", "image"],
+                             type="filepath", elem_id="live_avatar")
+            model = gr.Dropdown(labels, value=labels[0] if labels else None, label="Model", elem_id="live_model")
+            silence = gr.Radio(list(LIVE_SILENCE_MODES), value=LIVE_SILENCE_MODES[0], elem_id="live_silence",
+                               label="Pauses (silence_mode): rest closes the mouth; source is batch only")
+            prepare = gr.Button("Prepare avatar", variant="primary", elem_id="live_prepare")
+            ready = gr.HTML(_line(""), elem_id="live_ready")
+        with gr.Column():
+            gr.HTML(LIVE_PANEL, elem_id="live_panel")
+    prepare.click(lambda *inputs: app.prepare_live(*inputs)[1], [avatar, model, silence], ready,
+                  concurrency_id="lipsync")
+
+
+# The Live tab's player; LIVE_JS (in the page's head) gives its buttons their work.
+LIVE_PANEL = """<div>
+<button id="live_start" class="lg primary" style="padding:6px 18px">Start</button>
+<button id="live_stop" class="lg secondary" style="padding:6px 18px" disabled>Stop</button>
+<video id="live_video" autoplay playsinline style="width:100%;max-height:380px;background:#222;margin-top:8px"></video>
+<p id="live_stats">frames/s – · latency – · dropped –</p>
+<p id="live_message"></p>
+</div>"""
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "live.js"), encoding="utf-8") as _js:
+    LIVE_JS = "<script>\n" + _js.read() + "</script>"
+
+
 def build_page(app):
     import gradio as gr   # lazy: ~4 s to import, and only --mode=app needs it (see serve)
 
@@ -298,39 +392,48 @@ def build_page(app):
     with gr.Blocks(title="HyperLips lip-sync", analytics_enabled=False, delete_cache=(3600, 3600)) as page:
         gr.Markdown("## HyperLips lip-sync\nA video or a photo with a face, and the speech to put on its lips. "
                     "The result keeps the input's size and lasts as long as the audio.")
-        use_photo = gr.State(False)
-        with gr.Row():
-            with gr.Column():
-                with gr.Tabs():
-                    with gr.Tab("Video") as video_tab:
-                        # no mirroring, sound kept: Gradio would re-encode with a system ffmpeg otherwise
-                        video = gr.Video(label="Face video", sources=["upload", "webcam"], elem_id="video_in",
-                                         height=240, buttons=["download"], include_audio=True,
-                                         webcam_options=gr.WebcamOptions(mirror=False))
-                    with gr.Tab("Photo") as photo_tab:
-                        photo = gr.Image(label="Face photo", sources=["upload", "webcam"], type="filepath",
-                                         format="png", elem_id="photo_in", height=240, buttons=["download"])
-                audio = gr.Audio(label="Driving audio", sources=["upload", "microphone"], type="filepath",
-                                 elem_id="audio_in", buttons=["download"])
-                model = gr.Dropdown(labels, value=labels[0] if labels else None, label="Model", elem_id="model")
-                if app.allow_paths:  # typed paths name server files: offered only where app_allow_paths says
-                    with gr.Accordion("Other weights (a checkpoint file of ours or the official ones)", open=False):
-                        typed_checkpoint = gr.Textbox(label="Checkpoint file (Base or HR)",
-                                                      placeholder="path/to/file.pth")
-                        typed_base = gr.Textbox(label="Base checkpoint under an HR one (default: the latest Base)")
-                else:  # server-side values the page cannot set
-                    typed_checkpoint, typed_base = gr.State(""), gr.State("")
+        with gr.Tabs():
+            with gr.Tab("Files", elem_id="files_tab"):
+                use_photo = gr.State(False)
                 with gr.Row():
-                    batch_size = gr.Slider(1, 64, value=int(config["infer_batch_size"]), step=1,
-                                           label="Batch size (frames per pass)", elem_id="batch_size")
-                    precision_choice = gr.Radio(list(PRECISIONS), value=precision, label="Precision")
-                run = gr.Button("Lip-sync", variant="primary", elem_id="run")
-            with gr.Column():
-                result = gr.Video(label="Result", interactive=False, buttons=["download"], elem_id="result", height=320)
-                status = gr.Markdown("", elem_id="status")
-                with gr.Accordion("Metrics of the selected model", open=True):
-                    metrics = gr.Markdown(metrics_markdown(app.choices[0] if app.choices else None),
-                                          elem_id="metrics")
+                    with gr.Column():
+                        with gr.Tabs():
+                            with gr.Tab("Video") as video_tab:
+                                # no mirroring, sound kept: Gradio would re-encode with a system ffmpeg otherwise
+                                video = gr.Video(label="Face video", sources=["upload", "webcam"], elem_id="video_in",
+                                                 height=240, buttons=["download"], include_audio=True,
+                                                 webcam_options=gr.WebcamOptions(mirror=False))
+                            with gr.Tab("Photo") as photo_tab:
+                                photo = gr.Image(label="Face photo", sources=["upload", "webcam"], type="filepath",
+                                                 format="png", elem_id="photo_in", height=240, buttons=["download"])
+                        audio = gr.Audio(label="Driving audio", sources=["upload", "microphone"], type="filepath",
+                                         elem_id="audio_in", buttons=["download"])
+                        model = gr.Dropdown(labels, value=labels[0] if labels else None, label="Model",
+                                            elem_id="model")
+                        if app.allow_paths:  # typed paths name server files: offered only where app_allow_paths says
+                            with gr.Accordion("Other weights (a checkpoint file of ours or the official ones)",
+                                              open=False):
+                                typed_checkpoint = gr.Textbox(label="Checkpoint file (Base or HR)",
+                                                              placeholder="path/to/file.pth")
+                                typed_base = gr.Textbox(
+                                    label="Base checkpoint under an HR one (default: the latest Base)")
+                        else:  # server-side values the page cannot set
+                            typed_checkpoint, typed_base = gr.State(""), gr.State("")
+                        with gr.Row():
+                            batch_size = gr.Slider(1, 64, value=int(config["infer_batch_size"]), step=1,
+                                                   label="Batch size (frames per pass)", elem_id="batch_size")
+                            precision_choice = gr.Radio(list(PRECISIONS), value=precision, label="Precision")
+                        run = gr.Button("Lip-sync", variant="primary", elem_id="run")
+                    with gr.Column():
+                        result = gr.Video(label="Result", interactive=False, buttons=["download"], elem_id="result",
+                                          height=320)
+                        status = gr.Markdown("", elem_id="status")
+                        with gr.Accordion("Metrics of the selected model", open=True):
+                            metrics = gr.Markdown(metrics_markdown(app.choices[0] if app.choices else None),
+                                                  elem_id="metrics")
+            if app.live is not None:
+                with gr.Tab("Live", elem_id="live_tab"):
+                    live_page(gr, app, labels)
         video_tab.select(lambda: False, None, use_photo)
         photo_tab.select(lambda: True, None, use_photo)
         model.change(lambda label: metrics_markdown(next((c for c in app.choices if c.label == label), None)),
@@ -354,22 +457,23 @@ def serve(config):
         raise CheckpointError(no_model_message(config))
     host, port = str(config["app_host"]), int(config["app_port"])
     concurrency = int(config["app_concurrency"])
-    if concurrency < 1:
-        raise ConfigError(f"app_concurrency must be >= 1 (got {concurrency})")
     # Results and (unless GRADIO_TEMP_DIR says otherwise) uploads live here until the app stops.
     output_dir = tempfile.mkdtemp(prefix="talkingface_app_")
     upload_dir = os.environ.setdefault("GRADIO_TEMP_DIR", os.path.join(output_dir, "uploads"))
-    page = None
+    page = app = None
     try:
         try:   # lazy: gradio takes ~4 s to import and only --mode=app needs it
             import gradio  # noqa: F401
         except ImportError:
             raise ConfigError("the app needs gradio: pip install -r requirements.txt") from None
-        page = build_page(App(config, output_dir, choices, upload_dir))
+        app = App(config, output_dir, choices, upload_dir)
+        page = build_page(app)
         page.queue(default_concurrency_limit=concurrency)
         try:
+            # The live endpoints (POST /live/offer ...) are routes of the FastAPI app Gradio serves.
             page.launch(server_name=host, server_port=port, allowed_paths=[output_dir], prevent_thread_lock=True,
-                        quiet=True, footer_links=[], show_error=False)
+                        quiet=True, footer_links=[], show_error=False, head=LIVE_JS if app.live else None,
+                        app_kwargs={"routes": app.live.routes()} if app.live else None)
         except OSError:
             raise ConfigError(f"cannot serve on {host}:{port}: the port is taken or the address is not this "
                               f"machine's; pick another with --port=N (or --app_host=...)") from None
@@ -380,6 +484,8 @@ def serve(config):
         while page.is_running:
             time.sleep(0.2)
     finally:
+        if app is not None and app.live is not None:
+            app.live.close_all()
         if page is not None:
             page.close()
         shutil.rmtree(output_dir, ignore_errors=True)
