@@ -1,7 +1,8 @@
 """End-to-end --mode=infer throughput and peak memory, with random-init network weights.
 
     python benchmarks/bench_inference.py [--video V] [--audio A] [--seconds 10] [--modes base hr]
-                                         [--avatar-cache] [--int8] [--memory-check] [--device cpu] [--threads N]
+                                         [--avatar-cache] [--int8] [--backend onnxruntime|openvino]
+                                         [--memory-check] [--device cpu] [--threads N]
 
 Without --video, a synthetic 1280x720 talking-face clip (benchmarks/harness.py) is made in the
 temporary folder and drives itself; pass a real clip to measure on your footage.
@@ -23,6 +24,10 @@ and then avatar_cache=on with another audio of the same length (the warm run), a
 warm_speedup = warm frames_per_s / first-run (cache off) frames_per_s, and the same for CPU time.
 --int8 also runs each mode with infer_int8=true (talkingface/inference/int8.py; quantizing at load
 time is counted) and reports int8_speedup the same way.
+--backend also runs each mode with infer_backend=<engine> (talkingface/inference/engine.py; the
+once-per-checkpoint ONNX export is done before the timer, as a later run finds it cached, and
+reported as export_seconds) and reports backend_speedup the same way. Every row says its
+`backend`: what ran the generator (torch, or the engine; a missing engine falls back to torch).
 --memory-check also runs Base with 5 s and 20 s of audio (20 s loops the video ping-pong) and
 prints their peak RSS: streaming keeps them about equal.
 Prints one JSON object per run, and a summary list at the end.
@@ -49,9 +54,11 @@ def child(args):
     import torch
 
     from talkingface.config import Config
-    from talkingface.inference.pipeline import LipSyncer, output_path
+    from talkingface.inference.engine import backend_of, cached_graphs
+    from talkingface.inference.pipeline import LipSyncer
+    from talkingface.quick_start.infer_mode import output_path
     from talkingface.inference.profile import StageProfiler
-    from talkingface.model import build_network
+    from talkingface.model import build_network, load_network
     from talkingface.utils.audio import load_audio, save_wav
     from talkingface.utils.checkpoint import save_checkpoint_file
 
@@ -77,21 +84,31 @@ def child(args):
         save_wav(audio, wav[::-1].copy() if warm else wav)
     overrides = dict(mode="infer", device=args.device, video=args.video, audio=audio,
                      output=os.path.join(tmp, f"out_{args.mode}_{args.seconds:g}.mp4"), avatar_cache=args.cache,
-                     avatar_cache_dir=os.path.join(tmp, "avatars"), infer_int8=args.int8_run)
+                     avatar_cache_dir=os.path.join(tmp, "avatars"), infer_int8=args.int8_run,
+                     infer_backend=args.backend, engine_cache_dir=os.path.join(tmp, "engines"))
     if args.mode == "base":
         config = Config(model="HyperLipsBase", dataset="demo", config_dict=dict(overrides, checkpoint=base_path))
     else:
         config = Config(model="HyperLipsHR", dataset="demo",
                         config_dict=dict(overrides, checkpoint=hr_path, base_checkpoint=base_path))
+    export_seconds = None
+    if args.backend != "torch":  # the export is once per checkpoint: a later run finds it cached
+        start = time.perf_counter()
+        cached_graphs("base", load_network("HyperLipsBase", base_path), base_path, config["engine_cache_dir"])
+        if args.mode == "hr":
+            cached_graphs("hr", load_network("HRDecoder", hr_path), hr_path, config["engine_cache_dir"])
+        export_seconds = round(time.perf_counter() - start, 1)
     cpu_before = harness.cpu_seconds()
     start = time.perf_counter()
     profiler = StageProfiler()
-    result = LipSyncer(config).run(config["video"], config["audio"], output_path(config, config["video"], audio),
-                                   profiler=profiler)
+    syncer = LipSyncer(config)
+    result = syncer.run(config["video"], config["audio"], output_path(config, config["video"], audio),
+                        profiler=profiler)
     seconds = time.perf_counter() - start
     cpu = harness.cpu_seconds() - cpu_before
     harness.print_child_result({
         "mode": "HR 128" if args.mode == "hr" else "Base", "avatar_cache": args.cache, "int8": args.int8_run,
+        "backend": backend_of(syncer.networks(syncer.settings())[0]), "export_seconds": export_seconds,
         "frames": result.n_frames,
         "seconds": round(seconds, 2), "frames_per_s": round(result.n_frames / seconds, 2),
         "peak_rss_mb": harness.peak_rss_mb(), "audio_seconds": args.seconds,
@@ -100,10 +117,11 @@ def child(args):
         "load_average_1min": harness.load_average(), "profile": profiler.report()})
 
 
-def run_child(args, mode, seconds, tmp, cache="off", int8=False):
+def run_child(args, mode, seconds, tmp, cache="off", int8=False, backend="torch"):
     result = harness.run_child(__file__, "--child", "--mode", mode, "--seconds", seconds, "--video", args.video,
                                "--audio", args.audio, "--device", args.device, "--tmp", tmp,
-                               "--threads", args.threads, "--cache", cache, *(["--int8-run"] if int8 else []))
+                               "--threads", args.threads, "--cache", cache, "--backend", backend,
+                               *(["--int8-run"] if int8 else []))
     harness.print_child_result(result)
     return result
 
@@ -115,7 +133,9 @@ def main():
     parser.add_argument("--avatar-cache", action="store_true",
                         help="also time a run that builds the avatar cache and a warm run with another audio")
     parser.add_argument("--int8", action="store_true",
-                        help="also time each mode with infer_int8=true (the generator's 128x128 part in int8)")
+                        help="also time each mode with infer_int8=true (the generator in int8 on onnxruntime)")
+    parser.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "openvino"],
+                        help="also time each mode with infer_backend=this engine")
     parser.add_argument("--cache", default="off", help=argparse.SUPPRESS)
     parser.add_argument("--int8-run", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -138,6 +158,12 @@ def main():
                 report.setdefault("int8_speedup", {})[first["mode"]] = {
                     "frames_per_s": round(int8["frames_per_s"] / first["frames_per_s"], 2),
                     "cpu_ms_per_frame": round(first["cpu_ms_per_frame"] / int8["cpu_ms_per_frame"], 2)}
+            if args.backend != "torch":
+                engine = run_child(args, mode, args.seconds, tmp, backend=args.backend)
+                results.append(engine)
+                report.setdefault("backend_speedup", {})[first["mode"]] = {
+                    "frames_per_s": round(engine["frames_per_s"] / first["frames_per_s"], 2),
+                    "cpu_ms_per_frame": round(first["cpu_ms_per_frame"] / engine["cpu_ms_per_frame"], 2)}
             if args.avatar_cache:
                 results.append(run_child(args, mode, args.seconds, tmp, "refresh"))
                 warm = run_child(args, mode, args.seconds, tmp, "on")

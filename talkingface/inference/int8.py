@@ -1,52 +1,38 @@
-"""infer_int8: the HyperLipsBase generator's 128x128 part as one int8 graph, on the CPU.
+"""infer_int8: the HyperLipsBase generator in int8 through onnxruntime's quantizer, on the CPU.
 
-That part (decoder.decode0, up_conv, output_block: five 3x3 convolutions and the 1x1 output
-convolution) is most of the generator's time per frame. It is quantized post-training and statically (FX graph
-mode, x86 engine) as ONE graph, so its activations stay int8 between the convolutions:
-per-channel symmetric int8 weights, activations at 7 bits (what AVX2 CPUs without VNNI multiply
-without overflow) over the min-max range seen in calibration (the engine's default histogram
-observer clips outliers, which the decoder's activations tolerate less well, and calibrates
-slower). `python benchmarks/bench_generator.py` reports the PSNR of exactly this function.
-The rest stays fp32: hyper_control_net's kernels are predicted per sample from
-the audio (no fixed weights to quantize), and the stages below 128x128 cost little.
+The generator's ONNX graph (model/export.py) is quantized post-training and statically by
+onnxruntime.quantization (QDQ format): every convolution with fixed weights gets per-channel int8
+weights and uint8 activations over the min-max range seen in calibration. The hyper-convolutions
+stay fp32: their kernels are predicted per sample from the audio (no fixed weights to quantize).
+The face encoder stays fp32 (its features are computed once per video frame, and cached).
 
 Calibration runs on fixed inputs made here (the demo photograph's face with its mouth opening to
-synthetic speech, data.dataprocess.demo), so the quantized network depends on the checkpoint
-only, never on the video or the audio of a run. `python benchmarks/bench_generator.py
---checkpoint PATH` measures its speed and its PSNR against fp32 for a given checkpoint: the
-margin shrinks as weights train, so measure yours before turning it on. torch.ao.quantization
-announces its own deprecation (silenced here by name); when it goes, this module moves to the
-PT2E quantization flow.
+synthetic speech, data.dataprocess.demo), so the quantized graph depends on the checkpoint only,
+never on the video or the audio of a run; it is kept in engine_cache_dir under the weights'
+sha256. Generated crops against fp32 (`python benchmarks/bench_engine.py --int8 [--checkpoint
+PATH]`): 65.6 dB PSNR with random weights, 53.8 dB with make demo's HyperLipsBase checkpoint
+(>= 40 dB is the rule to keep it); the margin shrinks as weights train, so measure yours.
+Without onnxruntime (and onnx, which its quantizer needs) the networks stay in torch fp32 (one line).
 """
-import copy
-import warnings
+import importlib.util
+import logging
+import os
 
 import numpy as np
 import torch
-from torch import nn
 
 from talkingface.data.dataprocess import demo
-from talkingface.data.dataset.hr_layout import BASE_SIZE
+from talkingface.model.inputs import BASE_SIZE
+from talkingface.inference.engine import EngineBase, Session, engine_module
+from talkingface.inference.prepare import weights_digest
+from talkingface.model.export import GRAPH_INPUTS, export_onnx, graph_file
 from talkingface.model.inputs import masked_input
 from talkingface.utils.audio import FPS, SAMPLE_RATE, frame_mel_chunks, melspectrogram
-from talkingface.utils.errors import ConfigError
+from talkingface.utils.files import temp_name
 
-ENGINE = "x86"
-# torch.ao.quantization announces its own deprecation; nothing else is silenced
-_API_NOTICES = (("torch.ao.quantization is deprecated", DeprecationWarning),
-                ("Please use quant_min and quant_max", UserWarning),
-                ("torch.quantize_per_tensor, torch.quantize_per_channel", UserWarning))
+logger = logging.getLogger(__name__)
 
-
-class FullResolution(nn.Module):
-    """decoder.decode0 -> up_conv -> output_block of a HyperLipsBase, as one module to quantize."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.decode0, self.up_conv, self.output_block = model.decoder.decode0, model.up_conv, model.output_block
-
-    def forward(self, x, source):
-        return self.output_block(self.up_conv(self.decode0(x, source)))
+QUANTIZED_OPS = ["Conv"]  # the MatMuls of the hyper-convolutions multiply two activations: fp32
 
 
 def calibration_batches(model, n_batches=2, batch_size=8, wav=None):
@@ -69,39 +55,63 @@ def calibration_batches(model, n_batches=2, batch_size=8, wav=None):
                 for i in range(0, n, batch_size)]
 
 
-def quantize_full_resolution(model, batches=None, engine=ENGINE):
-    """A copy of the HyperLipsBase `model` (eval mode, CPU) whose 128x128 part is one int8 graph
-    calibrated on `batches` (default: calibration_batches); the model itself is not changed."""
-    if engine not in torch.backends.quantized.supported_engines:
-        raise ConfigError(f"infer_int8 needs torch's {engine} quantized engine, which this torch build lacks: "
-                          "set infer_int8=false")
-    # lazy: the deprecated quantization package is loaded only when int8 is asked for
-    from torch.ao.quantization import QConfig, QConfigMapping
-    from torch.ao.quantization.observer import MinMaxObserver, PerChannelMinMaxObserver
-    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+def generator_feeds(batches):
+    """calibration_batches as the generator graph's inputs (numpy by input name)."""
+    return [dict(zip(GRAPH_INPUTS["generator"], [audio.numpy(), face.contiguous().numpy()]
+                     + [f.contiguous().numpy() for f in features])) for audio, face, features in batches]
 
-    batches = calibration_batches(model) if batches is None else batches
-    seen = []  # decode0's inputs, the graph's calibration data
-    hook = model.decoder.decode0.register_forward_pre_hook(lambda module, args: seen.append(args))
+
+def quantize_generator(fp32_path, int8_path, batches):
+    """Write the int8 copy of the generator graph `fp32_path` to `int8_path` (atomically),
+    calibrated on `batches` (calibration_batches)."""
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.feeds = iter(generator_feeds(batches))
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    prepared, tmp = str(temp_name(int8_path, ".pre.onnx")), str(temp_name(int8_path, ".onnx"))
     try:
-        with torch.inference_mode():
-            for audio, face, features in batches:
-                model.generate(audio, face, features)
+        quant_pre_process(fp32_path, prepared, skip_symbolic_shape=True)
+        quantize_static(prepared, tmp, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        op_types_to_quantize=QUANTIZED_OPS, calibrate_method=CalibrationMethod.MinMax)
+        os.replace(tmp, int8_path)
     finally:
-        hook.remove()
-    torch.backends.quantized.engine = engine
-    qconfig = QConfig(activation=MinMaxObserver.with_args(reduce_range=True),
-                      weight=PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric))
-    with warnings.catch_warnings():
-        for message, category in _API_NOTICES:
-            warnings.filterwarnings("ignore", message=message, category=category)
-        # the output head's sigmoid stays fp32: an int8 sigmoid has a fixed 1/256 step, a level of the image
-        mapping = QConfigMapping().set_global(qconfig).set_object_type(nn.Sigmoid, None)
-        prepared = prepare_fx(FullResolution(copy.deepcopy(model)).eval(), mapping, seen[0])
-        with torch.inference_mode():
-            for args in seen:
-                prepared(*args)
-        part = convert_fx(prepared)
-    quantized = copy.deepcopy(model)
-    quantized.decoder.decode0, quantized.up_conv, quantized.output_block = part, nn.Identity(), nn.Identity()
-    return quantized
+        for path in (prepared, tmp):
+            if os.path.exists(path):
+                os.remove(path)
+
+
+def int8_network(base, cache_dir):
+    """The Base a run with infer_int8 uses: its generator in int8 and its face encoder in fp32 on
+    onnxruntime (an EngineBase), quantized once per set of weights and kept in `cache_dir`; the
+    torch `base` itself when onnxruntime or onnx is not installed (one log line)."""
+    module = engine_module("onnxruntime")
+    # onnxruntime's quantizer reads and writes the graphs with the onnx package
+    if module is not None and importlib.util.find_spec("onnx") is None:
+        logger.warning("onnx is not installed: running the networks in torch (pip install onnx)")
+        module = None
+    network = getattr(base, "network", base)  # the torch network behind an engine's
+    if module is None:
+        return network
+    fp32 = getattr(base, "graph_paths", None)  # an engine's graphs, already exported
+    if fp32:
+        folder = os.path.dirname(fp32["generator"])
+    else:
+        folder = os.path.join(cache_dir, f"int8-{weights_digest(network)}")
+        fp32 = {graph: graph_file(folder, graph) for graph in ("face_encoder", "generator")}
+        if not all(os.path.isfile(path) for path in fp32.values()):
+            fp32 = export_onnx(network, None, folder)
+    int8_path = os.path.join(folder, "generator_int8.onnx")
+    if not os.path.isfile(int8_path):
+        logger.info("infer_int8: quantizing the Base generator with onnxruntime (once per checkpoint)")
+        quantize_generator(fp32["generator"], int8_path, calibration_batches(network))
+    sessions = {"face_encoder": Session(module, "onnxruntime", fp32["face_encoder"]),
+                "generator": Session(module, "onnxruntime", int8_path)}
+    return EngineBase(network, sessions, "onnxruntime")

@@ -10,6 +10,8 @@ import numpy as np
 
 from talkingface.utils.sketch import soft_mouth_mask
 
+PASTE_THRESHOLD = 1e-3  # paste_face blends the pixels whose mask weight is above this
+
 
 def border_taper(height, width, margin):
     """float32 (H, W): 0 on the outermost pixel row/column, rising linearly to 1 `margin` px in."""
@@ -54,7 +56,7 @@ def paste_face(frame, box, generated, mask):
     """
     x1, y1, x2, y2 = box
     h, w = y2 - y1, x2 - x1
-    ys, xs = np.nonzero(mask > 1e-3)
+    ys, xs = np.nonzero(mask > PASTE_THRESHOLD)
     if len(ys) == 0:
         return frame
     top, bottom, left, right = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1

@@ -12,6 +12,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from talkingface.model.audio_driven_talkingface.blocks import conv_bn
+from talkingface.model.audio_driven_talkingface.region import Step
+
+
+def upsample2(x, rect=None):
+    """Bilinear x2 (align_corners=False), as the decoder's blocks upsample; a region Step's run."""
+    return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
 
 
 class ZeroStateConvGRU(nn.Module):
@@ -66,6 +72,20 @@ class UpsamplingBlock(nn.Module):
         a, b = x.split(self.out_channels // 2, dim=1)
         return torch.cat([a, self.gru(b)], dim=1)
 
+    def region_steps(self, skip, source):
+        """This block as region Steps (region.run_steps) over the whole input `x`; `skip` and
+        `source` are whole maps of twice x's size (no cut of the upsampled x)."""
+        def conv(x, rect):
+            rows, cols = slice(rect.top, rect.bottom), slice(rect.left, rect.right)
+            return conv_bn(self.conv[0], self.conv[1],
+                           torch.cat([x, skip[:, :, rows, cols], source[:, :, rows, cols]], dim=1)).relu_()
+
+        def gru(x, rect):
+            a, b = x.split(self.out_channels // 2, dim=1)
+            return torch.cat([a, self.gru(b)], dim=1)
+
+        return [Step(upsample2, doubles=True), Step(conv, 1), Step(gru, self.gru.padding)]
+
 
 class OutputBlock(nn.Module):
     """bilinear x2 -> cat[x, source] -> 2x (Conv3x3-BN-ReLU)."""
@@ -86,6 +106,18 @@ class OutputBlock(nn.Module):
         x = x[:, :, :source.shape[2], :source.shape[3]]
         x = conv_bn(self.conv[0], self.conv[1], torch.cat([x, source], dim=1)).relu_()
         return conv_bn(self.conv[3], self.conv[4], x).relu_()
+
+    def region_steps(self, source):
+        """This block as region Steps (region.run_steps) over the whole input `x`; `source` is the
+        whole map of twice x's size (no cut of the upsampled x)."""
+        def first_conv(x, rect):
+            window = source[:, :, rect.top:rect.bottom, rect.left:rect.right]
+            return conv_bn(self.conv[0], self.conv[1], torch.cat([x, window], dim=1)).relu_()
+
+        def second_conv(x, rect):
+            return conv_bn(self.conv[3], self.conv[4], x).relu_()
+
+        return [Step(upsample2, doubles=True), Step(first_conv, 1), Step(second_conv, 1)]
 
 
 class RecurrentDecoder(nn.Module):
@@ -118,3 +150,13 @@ class RecurrentDecoder(nn.Module):
         x = self.decode2(x, f2, s2)
         x = self.decode1(x, f1, s1)
         return self.decode0(x, s0)
+
+    def region_steps(self, s0, f1, f2, f3, f4):
+        """(x, steps): forward as region.run_steps(steps, x, rect) computes it on a rectangle only.
+        decode4-decode2 (32x32 and below) run whole here, giving x; decode1 (64x64) and decode0
+        (128x128) become Steps. H and W must be multiples of 4 (no cut of an upsampled map)."""
+        s1, s2, s3 = self.source_pyramid(s0)
+        x = self.decode4(f4)
+        x = self.decode3(x, f3, s3)
+        x = self.decode2(x, f2, s2)
+        return x, self.decode1.region_steps(f1, s1) + self.decode0.region_steps(s0)

@@ -5,6 +5,8 @@ from talkingface.model.audio_driven_talkingface.blocks import ConvBNReLU, ConvLe
 from talkingface.model.audio_driven_talkingface.decoder import RecurrentDecoder
 from talkingface.model.audio_driven_talkingface.hyper import HyperControl
 from talkingface.model.audio_driven_talkingface.mobilenetv3 import LRASPP, MobileNetV3LargeEncoder
+from talkingface.model.audio_driven_talkingface.region import checked_rect, layer, run_steps
+from talkingface.utils.errors import InputError
 from talkingface.utils.registry import MODELS
 from talkingface.model.abstract_talkingface import AbstractTalkingFace
 
@@ -63,11 +65,26 @@ class HyperLipsBase(AbstractTalkingFace):
         f1, f2, f3, f4 = self.face_encoder(channels_last(face))
         return f1, f2, f3, self.aspp(f4)
 
-    def generate(self, audio, face, features):
-        """audio (N,1,80,16), face (N,6,H,W), encode_face(face) -> (N,3,H,W)."""
+    def generate(self, audio, face, features, region=None):
+        """audio (N,1,80,16), face (N,6,H,W), encode_face(face) -> (N,3,H,W).
+
+        region (top, bottom, left, right), half-open pixels of the output: only that rectangle
+        is computed and returned, (N,3,bottom-top,right-left), equal to the same rectangle of the
+        full output. The 128x128 layers (decoder.decode0, up_conv, output_block: 5 3x3 convs)
+        then run on the rectangle plus their 5 px margin, decoder.decode1 (64x64) on what that
+        needs plus its own margin; the rest (32x32 and below, and the audio) runs whole.
+        """
         gated = self.hyper_control_net(audio, features)
-        x = self.decoder(channels_last(face), *(channels_last(g) for g in gated))
-        return self.output_block(self.up_conv(x)).contiguous()
+        if region is None:
+            x = self.decoder(channels_last(face), *(channels_last(g) for g in gated))
+            return self.output_block(self.up_conv(x)).contiguous()
+        height, width = face.shape[-2:]
+        rect = checked_rect(region, height, width, self)
+        if height % 4 or width % 4:
+            raise InputError(f"a region is computed for face sizes that are multiples of 4, got {height}x{width}")
+        x, steps = self.decoder.region_steps(channels_last(face), *(channels_last(g) for g in gated))
+        steps += [layer(m) for m in self.up_conv] + [layer(m) for m in self.output_block]
+        return run_steps(steps, x, rect).contiguous()
 
 
 class BaseDiscriminator(nn.Module):

@@ -3,6 +3,7 @@ from torch import nn
 
 from talkingface.model.audio_driven_talkingface.blocks import (ConvBNReLU, ConvLeaky, UpConvBNReLU, channels_last,
                                                               output_head)
+from talkingface.model.audio_driven_talkingface.region import Step, checked_rect, layer, run_steps
 from talkingface.utils.errors import ConfigError
 from talkingface.utils.registry import MODELS
 from talkingface.model.abstract_talkingface import AbstractTalkingFace
@@ -47,6 +48,17 @@ class HRDecoder(AbstractTalkingFace):
         x = channels_last(x, self.training)
         return self.output_block(self.up_conv(self.conv_base(x))).contiguous()
 
+    def forward_region(self, x, region):
+        """forward's (top, bottom, left, right) rectangle (half-open pixels of the (N,3,128r,128r)
+        output) and nothing else: each layer runs on the rectangle plus its receptive-field margin
+        (5 px at r = 1). Equal to the same rectangle of forward(x) up to float rounding."""
+        rect = checked_rect(region, self.rescaling * x.shape[-2], self.rescaling * x.shape[-1], self)
+        x = channels_last(x)
+        ups = [Step(lambda y, r, m=m: m(y), doubles=True) if isinstance(m, UpConvBNReLU) else layer(m)
+               for m in self.up_conv]
+        steps = [layer(m) for m in self.conv_base] + ups + [layer(m) for m in self.output_block]
+        return run_steps(steps, x, rect).contiguous()
+
 
 @MODELS.register("HyperLipsHR")
 class HyperLipsHR(HRDecoder):
@@ -54,10 +66,7 @@ class HyperLipsHR(HRDecoder):
 
     @classmethod
     def from_config(cls, config):
-        size = config["img_size"]
-        if size not in RESCALING_BY_SIZE:
-            raise ConfigError(f"img_size must be 128, 256 or 512 for HyperLipsHR (got {size})")
-        return cls(RESCALING_BY_SIZE[size])
+        return cls(RESCALING_BY_SIZE[config["img_size"]])  # a size config/schema.py admits
 
 
 class HRDiscriminator(nn.Module):
