@@ -45,11 +45,13 @@ app: $(STAMP)
 TEST_WORKERS ?= 2
 PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
+# tests/unit mirrors the package (seconds each); tests/integration runs the CLI, resume, DDP, the app
+# and the real clips. The long integration files go first, so the short unit files fill the end.
 test: $(STAMP)
-	$(PYTEST)
+	$(PYTEST) tests/integration tests/unit
 
 test-fast: $(STAMP)
-	$(PYTEST) -m "not slow"
+	$(PYTEST) tests/unit
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_preprocess.py
@@ -57,6 +59,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_inference.py
 	$(PY) benchmarks/bench_stream.py
 	$(PY) benchmarks/bench_generator.py
+	$(PY) benchmarks/bench_engine.py --int8
 
 # A CUDA machine checked in <= 6 minutes (benchmarks/gpu_check.py; JSON in results/gpu_check/); no GPU: one line, exit 0.
 gpu-check: $(STAMP)

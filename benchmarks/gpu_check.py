@@ -1,7 +1,7 @@
 """`make gpu-check`: does this CUDA machine train, resume, run DDP, evaluate and infer? One JSON.
 
     python benchmarks/gpu_check.py [--budget-s 360] [--cases PATTERN ...] [--out results/gpu_check]
-    python benchmarks/gpu_check.py --device cpu --quick     # the script's own check (tests/test_gpu_check.py)
+    python benchmarks/gpu_check.py --device cpu --quick     # the script's own check (tests/integration/test_gpu_check.py)
 
 Without a CUDA device (and no --device) it prints one line and exits 0: there is nothing to check.
 
@@ -16,7 +16,7 @@ line; a case not started because the time budget ran out says "skipped": "time b
   no timed step may be skipped.
 - resume:<model>: N steps straight against N/2 + resume + N/2, with `reproducible: true`, each run
   the real entry point (quick_start.run: data loader, fit, checkpoint, resume) as
-  tests/test_train_resume.py does on the CPU; weights and optimizer states compared. Not bitwise
+  tests/integration/test_train_resume.py does on the CPU; weights and optimizer states compared. Not bitwise
   equal: a second straight run says whether the GPU's kernels themselves differ from run to run.
 - ddp:1rank, ddp:2ranks (with two GPUs): torchrun, NCCL (gloo on the CPU), DistributedDataParallel
   training steps on a different batch per rank; the ranks must end with the same weights.

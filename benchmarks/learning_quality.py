@@ -152,6 +152,7 @@ def main():
 
     from talkingface.config import parse_value
     from talkingface.quick_start.quick_start import build_config, build_trainer, preprocess
+    from talkingface.utils.audio import SYNCNET_T
 
     roots = dict(checkpoint_root=os.path.join(args.workdir, "checkpoints"),
                  results_root=os.path.join(args.workdir, "results"), device=args.device, resume=False)
@@ -186,7 +187,8 @@ def main():
     held_out = HeldOut(config)
     trainer = build_trainer(config)
     settings = {k: config[k] for k in ("batch_size", "learning_rate", "disc_learning_rate", "l1_weight",
-                                       "sync_weight", "gan_weight", "img_size", "syncnet_T")}
+                                       "sync_weight", "gan_weight", "img_size")}
+    settings["syncnet_T"] = SYNCNET_T  # fixed by the expert; recorded as before
     logger.info("held-out: %d clips, baseline L1 %.4f; settings %s", len(held_out.clips), held_out.baseline_l1, settings)
 
     curve, running = [], []
@@ -253,7 +255,7 @@ def main():
         "stopped_by": stop_reason,
         "train_minutes": round(trained[0] / 60, 2),
         "steps": trainer.global_step,
-        "frames_seen": trainer.global_step * config["batch_size"] * config["syncnet_T"],
+        "frames_seen": trainer.global_step * config["batch_size"] * SYNCNET_T,
         "final_heldout_l1": final,
         "baseline_l1_reference_pasted": round(held_out.baseline_l1, 5),
         "below_baseline": bool(final < held_out.baseline_l1),

@@ -1,6 +1,6 @@
 """Deterministic weights and inputs for comparing our networks with the official ones.
 
-`tests/test_networks_equivalence.py` checks our networks against small summaries of the official
+`tests/unit/model/test_networks_equivalence.py` checks our networks against small summaries of the official
 networks' outputs (tests/data/networks_official_reference.npz); `benchmarks/official_compare.py`
 writes those summaries from an official checkout and compares speed and gradients. Both build
 the weights and inputs here, so the two sides see exactly the same numbers.

@@ -4,7 +4,7 @@
 
 For every network (Base 4-D and 5-D in eval and train mode, SyncNet, both discriminators,
 HRDecoder 128/256/512) it builds the official and our network, fills the official one with the
-deterministic weights of tests/test_networks_equivalence.py, loads the official state dict into
+deterministic weights of tests/unit/model/test_networks_equivalence.py, loads the official state dict into
 ours through `talkingface.model.load_network` (official checkpoint format, with "module."
 prefixes), and reports the max abs difference of the outputs (and, for Base, of the parameter
 gradients of an L1 loss). It also runs one WHOLE training step of Base (generator, frozen expert,

@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 from talkingface.config import Config
 from talkingface.trainer import Trainer
 
-# The line trainer's loop settings (tests/test_trainer.py, tests/test_distributed.py).
+# The line trainer's loop settings (tests/unit/trainer/test_trainer.py, tests/integration/test_distributed.py).
 LINE = dict(max_steps=12, batch_size=8, eval_batch_size=8, num_workers=0, log_interval=2, eval_interval=6,
             checkpoint_interval=3, keep_checkpoints=2, evaluate_after_training=False)
 

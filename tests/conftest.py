@@ -9,10 +9,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import pytest  # noqa: E402
 
 from talkingface.utils.runtime import keep_freed_memory  # noqa: E402
+from paths import REPO_ROOT
 
 keep_freed_memory()  # as the entry points do
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 SAMPLES_DIR = REPO_ROOT.parent / "shared" / "data" / "hyperlips_samples"
 
 
@@ -77,6 +77,18 @@ def lipsync_media(samples_dir, tmp_path_factory):
     ffmpeg("-f", "rawvideo", "-pix_fmt", "bgr24", "-s", "160x120", "-r", 25, "-i", "pipe:0",
            "-c:v", "libx264", "-pix_fmt", "yuv420p", paths["noface"], stdin=noise.tobytes())
     return paths
+
+
+@pytest.fixture(scope="session")
+def four_frame_clip(lipsync_media, tmp_path_factory):
+    """(4-frame video file of the sample face, 0.36 s of its driving audio as float32 samples)."""
+    from talkingface.utils.audio import load_audio
+    from talkingface.utils.video import VideoWriter, read_frames
+    path = str(tmp_path_factory.mktemp("four_frames") / "avatar.mp4")
+    with VideoWriter(path, 25) as writer:
+        for frame in read_frames(lipsync_media["video"], fps=25)[:4]:
+            writer.write(frame)
+    return path, load_audio(lipsync_media["audio"])[:5760]
 
 
 @pytest.fixture(scope="session")

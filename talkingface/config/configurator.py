@@ -16,7 +16,7 @@ import torch
 import yaml
 from yaml.reader import ReaderError
 
-from talkingface.config.schema import check, show_path, show_text, show_value
+from talkingface.config.schema import check, check_fixed, show_path, show_text, show_value
 from talkingface.utils.errors import ConfigError
 
 PROPERTIES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "properties")
@@ -169,7 +169,10 @@ class Config:
         self._derive()
 
     def _checked(self, overrides, source):
-        """The overrides, when each key is defined for this model and dataset."""
+        """The overrides, when each key is defined for this model and dataset; a value the networks
+        fix (schema.FIXED) is dropped when it is that value, an error with the reason otherwise."""
+        fixed = [key for key, value in overrides.items() if isinstance(key, str) and check_fixed(key, value)]
+        overrides = {key: value for key, value in overrides.items() if key not in fixed}
         for key in overrides:
             if not isinstance(key, str):  # YAML reads `1: x` with the number 1 as key
                 raise ConfigError(f"unknown config key {_name(key)} in {source}: keys are names")

@@ -1,6 +1,6 @@
 """docs/config.md: every setting of every YAML layer, its default, accepted values and what it does.
 
-Regenerate with `python -m talkingface.config.docs > docs/config.md`; tests/test_config_doc.py fails
+Regenerate with `python -m talkingface.config.docs > docs/config.md`; tests/unit/config/test_config_doc.py fails
 when the file is stale or a key has no comment in its YAML file.
 
 Defaults come from the YAML files (load_yaml), accepted values from schema.py (`spec_for`), and what a
@@ -13,9 +13,10 @@ import os
 import re
 
 from talkingface.config.configurator import PROPERTIES_DIR, load_yaml
-from talkingface.config.schema import Fixed, show_value, spec_for
+from talkingface.config.schema import FIXED, Fixed, show_value, spec_for
 
 COMMAND = "python -m talkingface.config.docs > docs/config.md"
+FIXED_TITLE = "Values fixed by the networks"
 
 # A top-level `key: value  # comment` line (the comment is optional).
 _KEY_LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\s*:(.*?)(?:\s+#\s?(.*))?$")
@@ -146,6 +147,14 @@ def render_config_doc():
         for key, default in defaults.items():
             out.append(f"| `{key}` | {_code(_default(default))} | {_cell(_accepted(key, default, model))} "
                        f"| {_cell(comments.get(key, ''))} |")
+    out.append(f"\n## {FIXED_TITLE}\n")
+    out.append("Constants of the code (`talkingface/utils/audio.py`), not settings: a run given one of them "
+               "with another value stops with the reason (`talkingface/config/schema.py` FIXED); the value "
+               "itself is accepted and ignored.\n")
+    out.append("| key | value | why |")
+    out.append("| --- | --- | --- |")
+    for key, spec in FIXED.items():
+        out.append(f"| `{key}` | `{_default(spec.value)}` | {_cell(spec.why)} |")
     return "\n".join(out) + "\n"
 
 

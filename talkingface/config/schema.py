@@ -1,8 +1,9 @@
 """Types and ranges of the configuration values, checked when a Config is built (before any work).
 
 A key's type comes from its default in the YAML files (int, float, bool, string, list; a `~`
-default is a path or null); SPECS below adds ranges, choices and the values the code cannot
-change. `check(key, value, default, model)` returns the value in its type or raises ConfigError.
+default is a path or null); SPECS below adds ranges and choices, MODEL_SPECS the per-model ones,
+FIXED the values the networks fix (constants, not settings). `check(key, value, default, model)`
+returns the value in its type or raises ConfigError.
 Every integer has an upper bound (INT_LIMIT, or less where memory or an index sets one), and an
 error line shows the value cut to about SHOW_LIMIT characters.
 """
@@ -10,9 +11,10 @@ import math
 import os
 import reprlib
 
+from talkingface.utils.audio import FPS, SAMPLE_RATE, SYNCNET_T
 from talkingface.utils.errors import ConfigError, finite_number
 
-MODES = ("train", "evaluate", "preprocess", "infer", "app", "stream")
+MODES = ("train", "evaluate", "preprocess", "infer", "app", "stream", "export")
 
 _AUTO_BOOL = ("auto", True, False)
 
@@ -223,7 +225,7 @@ class SplitFiles(Spec):
 
 
 class Fixed(Spec):
-    """A value the code is built for: it is read, and documented in YAML, but cannot change."""
+    """A value the networks are built for, which cannot change (MODEL_SPECS, FIXED)."""
 
     def __init__(self, value, why):
         self.value, self.why = value, why
@@ -275,9 +277,6 @@ SPECS = {
     "num_image_samples": _COUNT,
     "health_patience": _POSITIVE,
     # data
-    "fps": Fixed(25, "preprocessing, the audio-to-frame timeline, evaluation and inference are built for 25 fps"),
-    "sample_rate": Fixed(16000, "the HyperLips mel spectrogram is defined for 16 kHz"),
-    "syncnet_T": Fixed(5, "the SyncNet expert reads windows of 5 frames (15 input channels)"),
     "crop_size": _POSITIVE,
     "face_pad_bottom": _COUNT,
     "box_smooth_window": _POSITIVE,
@@ -285,7 +284,7 @@ SPECS = {
     "face_min_size": _POSITIVE,
     "face_continuity_iou": Float(0, 1),
     "face_max_gap": _COUNT,
-    "min_clip_frames": Int(10),  # 2 * syncnet_T: a target window and a disjoint reference window
+    "min_clip_frames": Int(2 * SYNCNET_T),  # a target window and a disjoint reference window
     "jpeg_quality": Int(1, 100),
     "num_preprocess_workers": _WORKERS,
     "val_ratio": _RATIO,
@@ -297,6 +296,10 @@ SPECS = {
     "data_max_static": Float(0, 1),
     "data_max_silence": Float(0, 1),
     "data_filter": Choice(True, False),
+    "data_max_offset": _COUNT,
+    "av_offset": Choice("detect", "fix", "off", False),  # YAML reads off as false
+    "av_offset_method": Choice("auto", "syncnet_v2", "SyncNet", "loudness"),
+    "av_offset_min_confidence": Float(0),
     "samples_per_epoch": _COUNT,
     "val_windows_per_clip": _POSITIVE,
     "demo_num_clips": _POSITIVE,
@@ -317,6 +320,7 @@ SPECS = {
     "infer_mask_feather": Float(0, 1),
     "infer_landmark_window": _POSITIVE,
     "infer_bf16": Choice(*_AUTO_BOOL),
+    "infer_backend": Choice("torch", "onnxruntime", "openvino"),
     "infer_frame_cache_mb": Int(0, _CACHE_MB.high),  # 0: no cache
     "silence_mode": Choice("generate", "rest", "source"),
     "silence_min_ms": Int(0, 60000),
@@ -324,6 +328,7 @@ SPECS = {
     "face_fade_frames": Int(0, 100),
     "avatar_cache": Choice("off", "on", "refresh", False, True),  # YAML reads off/on as false/true
     "avatar_cache_dir": Path(),
+    "engine_cache_dir": Path(),
     "avatar_cache_mb": _CACHE_MB,
     "infer_x264_preset": Choice("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow",
                                 "slower", "veryslow", "placebo"),
@@ -332,6 +337,8 @@ SPECS = {
     "app_port": Int(1, 65535),
     "app_concurrency": Int(1, _WORKERS.high),  # generations at once, each a worker
     "app_allow_paths": Choice(*_AUTO_BOOL),
+    "app_live": Choice(*_AUTO_BOOL),
+    "live_max_latency_ms": Int(293, 60000),
     # models
     "learning_rate": _RATE,
     "disc_learning_rate": _RATE,
@@ -349,12 +356,22 @@ SPECS = {
 }
 
 # Per model, where the networks fix a value (the HR decoder's sizes: RESCALING_BY_SIZE in
-# model/audio_driven_talkingface/hyperlipshr.py).
+# model/audio_driven_talkingface/hyperlipshr.py). img_size stays a key of every model: shared code
+# (HR data layout, inference) reads it, and the test of reads needs it defined for each model.
 MODEL_SPECS = {
     "SyncNet": {"img_size": Fixed(128, "the SyncNet expert is built for 128 px frames")},
     "HyperLipsBase": {"img_size": Fixed(128, "the Base generator and its SyncNet expert are built for 128 px "
                                               "faces; HyperLipsHR makes 256 or 512")},
     "HyperLipsHR": {"img_size": Choice(128, 256, 512)},
+}
+
+# Values the networks fix: constants of the code (utils/audio.py), not settings, so no YAML key.
+# A run given one with another value stops with the reason; the value itself is accepted and
+# dropped, so a config file that spells it out still runs.
+FIXED = {
+    "fps": Fixed(FPS, "preprocessing, the audio-to-frame timeline, evaluation and inference are built for 25 fps"),
+    "sample_rate": Fixed(SAMPLE_RATE, "the HyperLips mel spectrogram is defined for 16 kHz"),
+    "syncnet_T": Fixed(SYNCNET_T, "the SyncNet expert reads windows of 5 frames (15 input channels)"),
 }
 
 
@@ -387,3 +404,12 @@ def check(key, value, default, model=None):
     """`value` in the type `key` takes (for `model`), or ConfigError naming the key and the value."""
     label = f"{key} of {model}" if key in MODEL_SPECS.get(model, {}) else key
     return spec_for(key, default, model).check(label, value)
+
+
+def check_fixed(key, value):
+    """Whether `key` is one of the FIXED values (then `value` is that value: ConfigError with the
+    reason otherwise)."""
+    if key not in FIXED:
+        return False
+    FIXED[key].check(key, value)
+    return True

@@ -33,10 +33,12 @@ from talkingface.data.dataprocess.hyperlipsbase_process import split_file_record
 from talkingface.data.dataset.clip import Clip, read_filelist
 from talkingface.evaluator.metrics import METRICS_DOC, EvalSample, build_metrics
 from talkingface.evaluator.report import NON_FINITE_NOTE, format_table, json_safe
-from talkingface.evaluator.syncnet_v2 import syncnet_crop_geometry, syncnet_crops
+from talkingface.model.syncnet_v2 import syncnet_crop_geometry, syncnet_crops
 from talkingface.inference.arrays import ArraySource
+from talkingface.inference.engine import backend_of
 from talkingface.inference.networks import checkpoint_paths, load_inference_networks
-from talkingface.inference.pipeline import LipSyncer, precision
+from talkingface.inference.pipeline import LipSyncer
+from talkingface.inference.settings import precision
 from talkingface.utils.audio import FPS, SAMPLES_PER_FRAME, load_audio
 from talkingface.utils import distributed as dist_utils
 from talkingface.utils.errors import InputError
@@ -194,6 +196,8 @@ class Evaluator:
                 **({"split_files": split_files} if split_files else {}),
                 **(provenance or {}), "reference_frame": config["reference_frame"],
                 "precision": "int8" if int8 else "bf16" if bf16 else "fp32",
+                # what ran the generator: torch, or an engine (infer_backend; infer_int8 runs on onnxruntime)
+                "backend": backend_of(syncer.networks(syncer.settings())[0]),
                 "crop_size": int(config["crop_size"]), "tracker": tracker_settings(config),
                 "max_clips": int(config["eval_max_clips"] or 0) or None,
                 "max_frames_per_clip": int(config["eval_max_frames"] or 0) or None,
@@ -247,7 +251,8 @@ def header(results):
     if results.get("base_checkpoint"):
         lines.append(f"  on Base {checkpoint(results['base_checkpoint'])}")
     tracker = ", ".join(f"{k} {v}" for k, v in results["tracker"].items())
-    lines.append(f"  reference_frame {results['reference_frame']}, {results['precision']}, tracker: {tracker}, "
+    precision_used = f"{results['precision']} on {results.get('backend', 'torch')}"
+    lines.append(f"  reference_frame {results['reference_frame']}, {precision_used}, tracker: {tracker}, "
                  f"toolkit {results.get('toolkit_commit') or 'unknown commit'}"
                  f"{' (modified)' if results.get('toolkit_modified') else ''}")
     return "\n".join(lines)

@@ -1,6 +1,6 @@
-"""Lip-sync a video or a photo to an audio track with a trained HyperLips model (--mode=infer),
-or a CSV of such jobs (--jobs, batch.py)."""
-from talkingface.inference.pipeline import InferenceResult, LipSyncer, run_inference
+"""Lip-sync a video or a photo to an audio track with a trained HyperLips model (LipSyncer; its
+--mode=infer entry point is talkingface/quick_start/infer_mode.py), or a CSV of such jobs (--jobs, batch.py)."""
+from talkingface.inference.pipeline import InferenceResult, LipSyncer
 from talkingface.inference.batch import run_batch
 
-__all__ = ["run_inference", "run_batch", "InferenceResult", "LipSyncer"]
+__all__ = ["run_batch", "InferenceResult", "LipSyncer"]

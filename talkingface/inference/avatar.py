@@ -34,7 +34,7 @@ import zlib
 
 import numpy as np
 
-from talkingface.data.dataset.hr_layout import BASE_SIZE
+from talkingface.model.inputs import BASE_SIZE
 from talkingface.utils.errors import ConfigError
 from talkingface.utils.face import N_MESH_LANDMARKS
 from talkingface.utils.files import probe_writable, remove_stale_temp_files, temp_name, write_json_atomic

@@ -12,7 +12,7 @@ from talkingface.utils.errors import InputError
 
 # Shortest driving audio: two 25 fps frames. Shorter audio makes a video of at most one frame, and
 # ffmpeg's -shortest then drops the audio track (or, under 0.04 s, the video track) of the output
-# (tests/test_inference_faults.py::test_audio_shorter_than_two_frames_is_refused shows both).
+# (tests/integration/test_inference_faults.py::test_audio_shorter_than_two_frames_is_refused shows both).
 MIN_AUDIO_SECONDS = 2 / 25
 
 

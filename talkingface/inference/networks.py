@@ -1,4 +1,4 @@
-"""Which checkpoints inference uses, and loading them with one-line errors.
+"""Which checkpoints inference uses, and loading them (model.load: one-line errors).
 
 --model=HyperLipsBase: Base weights = --checkpoint, else the latest in checkpoints/<dataset>/HyperLipsBase/.
 --model=HyperLipsHR:   HR decoder = --checkpoint, else the latest in checkpoints/<dataset>/HyperLipsHR/;
@@ -9,25 +9,15 @@ The HR decoder's output size (128/256/512) comes from its checkpoint, never from
 """
 import logging
 
-from talkingface.model import load_network
+from talkingface.inference.engine import engine_networks
+from talkingface.model import load
 from talkingface.utils.checkpoint import stage_checkpoint
 from talkingface.utils.fingerprint import paired_base_checkpoint
-from talkingface.utils.errors import CheckpointError, ConfigError, TalkingFaceError
+from talkingface.utils.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 INFER_MODELS = ("HyperLipsBase", "HyperLipsHR")
-
-
-def load_checked(name, path):
-    """load_network with any failure turned into a one-line CheckpointError."""
-    try:
-        return load_network(name, path)
-    except TalkingFaceError:
-        raise
-    except Exception as exc:  # a foreign file that torch or load_state_dict chokes on
-        text = str(exc).strip().splitlines()
-        raise CheckpointError(f"cannot load {name} from {path}: {text[0] if text else type(exc).__name__}") from None
 
 
 def checkpoint_paths(config):
@@ -45,13 +35,16 @@ def checkpoint_paths(config):
 def load_inference_networks(config, device, paths=None):
     """(base, hr or None) networks in eval mode on `device`; `paths`: checkpoint_paths(config) when known."""
     base_path, hr_path = paths or checkpoint_paths(config)
-    base = load_checked("HyperLipsBase", base_path).to(device)
+    base = load("HyperLipsBase", base_path).network.to(device)
     logger.info("HyperLipsBase weights: %s", base_path)
     hr = None
     if hr_path is not None:
-        hr = load_checked("HRDecoder", hr_path).to(device)
-        logger.info("HRDecoder weights: %s (%d px output)", hr_path, 128 * hr.rescaling)
-        if config["img_size"] != 128 * hr.rescaling:
+        loaded = load("HRDecoder", hr_path)
+        hr = loaded.network.to(device)
+        logger.info("HRDecoder weights: %s (%d px output)", hr_path, loaded.size)
+        if config["img_size"] != loaded.size:
             logger.warning("img_size=%s ignored: the HR checkpoint was trained at %d px and runs at that size",
-                           config["img_size"], 128 * hr.rescaling)
+                           config["img_size"], loaded.size)
+    if config["infer_backend"] != "torch":  # an inference engine runs them (engine.py)
+        return engine_networks(config["infer_backend"], base, hr, base_path, hr_path, config["engine_cache_dir"])
     return base, hr

@@ -8,9 +8,12 @@ HR:   face mesh of that Base output (landmarks averaged over a short centred win
 training recipe (draw_sketch at 128 px + hyperlipshr_dataset.decoder_input, which applies
 sketch_for_decoder) -> HRDecoder at its trained size.
 The generated face is pasted into the frame through the soft mouth mask of the ORIGINAL crop's
-face mesh (paste.py), so everything outside the mouth region keeps its pixels. Frames without a
-face pass through; the face_fade_frames frames with a face on either side of such a gap blend the
-pasted frame with the source frame (face_weights), so the mouth crossfades instead of jumping.
+face mesh (paste.py), so everything outside the mouth region keeps its pixels; the networks compute
+only the rectangle of the generated faces that the batch's paste reads
+(region.pasted_source_rect: Base's 128 px layers, or the HR decoder; the pasted pixels are the
+whole face's). Frames without a face pass through; the face_fade_frames frames with a face on
+either side of such a gap blend the pasted frame with the source frame (face_weights), so the
+mouth crossfades instead of jumping.
 
 What does not depend on the audio (crop, reference, mask, landmarks, face-encoder features) is
 computed once per source frame by prepare() and, given an AvatarStore (avatar.py), kept there:
@@ -19,7 +22,6 @@ encoder always runs in batches of ENCODER_BATCH (padded), so its features are th
 whatever infer_batch_size is, and a cached avatar serves every batch size.
 """
 import collections
-import contextlib
 import logging
 
 import cv2
@@ -27,12 +29,14 @@ import numpy as np
 import torch
 
 from talkingface.inference.avatar import FaceRecord
-from talkingface.inference.paste import mouth_mask, paste_face
+from talkingface.inference.paste import PASTE_THRESHOLD, mouth_mask, paste_face
 from talkingface.inference.profile import OFF
 from talkingface.inference.silence import blend, ramp, silent_chunk
-from talkingface.data.dataset.hr_layout import BASE_SIZE
+from talkingface.model.inputs import BASE_SIZE
 from talkingface.data.dataset.hyperlipshr_dataset import decoder_input
-from talkingface.model.inputs import masked_input, reference_index, to_uint8_images
+from talkingface.model.audio_driven_talkingface.region import pasted_source_rect
+from talkingface.model.generate import autocast, generate_faces
+from talkingface.model.inputs import masked_input, reference_index
 from talkingface.utils.audio import mel_chunk
 from talkingface.utils.face import FaceMesh, box_to_int, crop_resize
 from talkingface.utils.sketch import draw_sketch
@@ -70,29 +74,34 @@ def face_weights(boxes, fade_frames):
 class LipSyncRenderer:
     """Turns (output_index, source_index, frame) items into lip-synced frames, batch by batch.
 
-    base, hr: networks on `device` (hr None for Base only); mel (80, T) of the driving audio;
-    boxes (n_src, 4) float with NaN rows (pass through); feather: paste-mask feathering as a
-    fraction of the face size; landmark_window: HR landmark smoothing (frames, 1 = off);
-    bf16: run the networks under bfloat16 autocast; batch_size: the network batch (short batches
-    are padded to it); reference: the reference_frame policy (model.inputs), with `frame_at(index)`
-    giving any source frame for "half_clip"; store: an AvatarStore keeping prepare()'s records
-    (None: they live for one batch); profiler: a profile.StageProfiler (default off);
-    face_fade_frames: the crossfade next to frames without a face (face_weights; 0: a jump).
+    base, hr: networks on settings.device (hr None for Base only); boxes (n_src, 4) float with
+    NaN rows (pass through); frame_size: (width, height) of the source frames; settings: the
+    run's InferSettings (settings.py): the network batch (short batches are padded to it),
+    bf16 autocast, the reference_frame policy (model.inputs), infer_mask_feather (paste-mask
+    feathering as a fraction of the face size), infer_landmark_window (HR landmark smoothing,
+    frames, 1 = off), face_fade_frames (the crossfade next to frames without a face:
+    face_weights; 0: a jump); store: an AvatarStore keeping prepare()'s records (None: they live
+    for one batch); frame_at(index): any source frame, for reference_frame=half_clip; profiler: a
+    profile.StageProfiler (default off); mel (80, T) of the driving audio (or set later).
     """
 
-    def __init__(self, base, hr, mel, boxes, frame_size, device, batch_size=8, feather=0.06,
-                 landmark_window=3, bf16=False, reference="first", frame_at=None, store=None,
-                 profiler=OFF, face_fade_frames=0):
+    # The networks compute only the rectangle of the generated faces that the paste reads (the same
+    # pasted pixels); False computes whole faces (tests compare the two).
+    pasted_region_only = True
+
+    def __init__(self, base, hr, boxes, frame_size, settings, store=None, frame_at=None, profiler=OFF, mel=None):
         # channels_last + bfloat16 is ~2x faster on CPUs with native bf16 (oneDNN kernels)
         self.base = base.to(memory_format=torch.channels_last)
         self.hr = hr.to(memory_format=torch.channels_last) if hr is not None else None
         self.mel = mel
         self.boxes = boxes
         self.width, self.height = frame_size
-        self.device = device
-        self.batch_size = int(batch_size)
-        self.feather = float(feather)
-        self.bf16 = bool(bf16)
+        self.device = settings.device
+        self.batch_size = settings.batch_size
+        self.feather = float(settings["infer_mask_feather"])
+        self.bf16 = settings.bf16
+        landmark_window, reference = settings["infer_landmark_window"], settings.reference
+        self.amp_dtype = torch.bfloat16 if self.bf16 else None
         self.source_mesh = FaceMesh(static_image_mode=False)
         self.output_mesh = FaceMesh(static_image_mode=False) if hr is not None else None
         self.landmark_window = max(1, int(landmark_window))
@@ -109,7 +118,7 @@ class LipSyncRenderer:
         self.speech = None
         self.weights = None
         # indexed by source frame: the crossfade next to frames without a face (None: none needed)
-        self.face_weights = face_weights(boxes, int(face_fade_frames))
+        self.face_weights = face_weights(boxes, int(settings["face_fade_frames"]))
 
     def close(self):
         for mesh in (self.source_mesh, self.output_mesh):
@@ -136,16 +145,6 @@ class LipSyncRenderer:
         return box, crop, mouth_mask(landmarks, BASE_SIZE, BASE_SIZE, self.feather), landmarks
 
     # ------------------------------------------------------------------ networks
-    def _autocast(self):
-        if self.bf16:
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
-    def _padded(self, items):
-        """A short batch padded with copies of its last item: the networks then always see one
-        batch shape, so their kernels are set up once (a new shape costs ~0.5 s of CPU each)."""
-        return list(items) + [items[-1]] * max(0, self.batch_size - len(items))
-
     def _references(self, crops, source_indices):
         """The 128 px reference crop of each frame under the reference_frame policy."""
         if self.reference_policy == "first":
@@ -195,7 +194,7 @@ class LipSyncRenderer:
                 part = todo[start:start + ENCODER_BATCH]
                 crops = [records[src].crop for src in part]
                 references = self._references(crops, part)
-                with self._autocast():
+                with autocast(self.device, self.amp_dtype):
                     features = self.base.encode_face(self._face_input(crops, references, ENCODER_BATCH))
                 # stored channels-last (N, H, W, C) float32 (exact for bfloat16 too)
                 features = [f.float().permute(0, 2, 3, 1).cpu().numpy() for f in features]
@@ -216,27 +215,31 @@ class LipSyncRenderer:
         if index is None:
             return
         record = store.get(index)
-        faces = self._generate([record], [0], [np.zeros((80, 16), np.float32)])
-        if self.hr is not None:
-            with self._autocast():
-                self.hr(torch.zeros((self.batch_size, 6, BASE_SIZE, BASE_SIZE), device=self.device).contiguous(
-                    memory_format=torch.channels_last))
-        return faces
+        blank = np.zeros((1, 6, BASE_SIZE, BASE_SIZE), np.float32)  # no face mesh: the mesh state stays
+        return self._generate([record], [np.zeros((80, 16), np.float32)], hr_input=lambda faces: blank)
 
-    def _generate(self, records, output_indices, mel_chunks=None):
-        """The Base faces (N,128,128,3) uint8 for prepared records and their output frames."""
-        n = len(records)
-        if mel_chunks is None:
-            mel_chunks = [mel_chunk(self.mel, k) if self.speech is None or self.speech[k] else silent_chunk()
-                          for k in output_indices]
-        audio = np.stack(self._padded(list(mel_chunks)))[:, None]
-        audio = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).to(self.device)
-        face = self._face_input([r.crop for r in records], [r.reference for r in records])
-        dtype = torch.bfloat16 if self.bf16 else torch.float32
-        features = [torch.from_numpy(np.stack(self._padded([r.features[i] for r in records]))).to(
-            self.device).permute(0, 3, 1, 2).to(dtype) for i in range(len(records[0].features))]
-        with self._autocast():
-            return to_uint8_images(self.base.generate(audio, face, features)[:n])
+    def _pasted_rect(self, records):
+        """The rectangle of the generated faces that pasting the records reads (padded batch items
+        are copies of the last record, so they are covered), or None for the whole face."""
+        if not self.pasted_region_only:
+            return None
+        masks = np.stack([r.mask for r in records])
+        sides = [min(x2 - x1, y2 - y1) for x1, y1, x2, y2 in (r.box for r in records)]
+        size = self.hr.output_size if self.hr is not None else BASE_SIZE
+        # None (no mask pixel pasted; mouth_mask never gives one): whole faces, so that the HR
+        # landmark smoothing still sees these frames
+        return pasted_source_rect(masks, sides, PASTE_THRESHOLD, size)
+
+    def _generate(self, records, mel_chunks, hr_input=None):
+        """The generated faces (N,S,S,3) uint8 for prepared records: Base, then the HR decoder on
+        top (its input: hr_input, by default the sketch of each Base face's mesh); only the pasted
+        rectangle holds generated pixels (_pasted_rect)."""
+        return generate_faces(self.base, [r.crop for r in records], [r.reference for r in records], mel_chunks,
+                              features=[r.features for r in records], device=self.device,
+                              batch_size=self.batch_size, pad=True, amp_dtype=self.amp_dtype,
+                              hr=self.hr, hr_input=hr_input or (lambda faces: self._hr_inputs(
+                                  faces, [r.landmarks for r in records])), stage=self.profiler.stage,
+                              region=self._pasted_rect(records))
 
     def _smoothed(self, landmarks):
         """Centred moving average over this batch plus the previous batch's last frames
@@ -252,13 +255,6 @@ class LipSyncRenderer:
         self.history.extend(landmarks)
         return out
 
-    def _hr(self, generated, source_landmarks):
-        with self.profiler.stage("hr_mesh"):
-            inputs = self._hr_inputs(generated, source_landmarks)
-        with self.profiler.stage("hr_decoder"), self._autocast():
-            x = torch.from_numpy(inputs).to(self.device).contiguous(memory_format=torch.channels_last)
-            return to_uint8_images(self.hr(x)[:len(generated)])
-
     def _hr_inputs(self, generated, source_landmarks):
         landmarks = []
         for image, fallback in zip(generated, source_landmarks):
@@ -271,8 +267,7 @@ class LipSyncRenderer:
             landmarks.append(found)
         blank = np.zeros((BASE_SIZE, BASE_SIZE, 3), np.uint8)  # no mesh at all: as in the HR training data
         sketches = [draw_sketch(lm, BASE_SIZE) if lm is not None else blank for lm in self._smoothed(landmarks)]
-        return np.stack(self._padded([decoder_input(image, sketch)
-                                      for image, sketch in zip(generated, sketches)]))
+        return np.stack([decoder_input(image, sketch) for image, sketch in zip(generated, sketches)])
 
     # ------------------------------------------------------------------ a batch
     @torch.inference_mode()
@@ -294,11 +289,12 @@ class LipSyncRenderer:
         # every frame with a face is prepared (the reference and mesh state as with generate)
         prepared = self.prepare([(src, frame) for _, src, frame in items])
         records = [prepared[items[k][1]] for k in faces]
-        with self.profiler.stage("audio_decoder"):
-            generated = self._generate(records, [items[k][0] for k in faces],
-                                       None if mel_chunks is None else [mel_chunks[k] for k in faces])
-        if self.hr is not None:
-            generated = self._hr(generated, [r.landmarks for r in records])
+        if mel_chunks is None:
+            chunks = [mel_chunk(self.mel, k) if self.speech is None or self.speech[k] else silent_chunk()
+                      for k in (items[i][0] for i in faces)]
+        else:
+            chunks = [mel_chunks[i] for i in faces]
+        generated = self._generate(records, chunks)
         with self.profiler.stage("paste"):
             for k, record, face in zip(faces, records, generated):
                 x1, y1, x2, y2 = record.box

@@ -36,7 +36,6 @@ ConfigError here): a pause shows the source frames only once it has lasted silen
 stream would have to hold every frame back by silence_min_ms (+ the crossfade) to know that.
 """
 import logging
-import os
 import sys
 
 import cv2
@@ -45,7 +44,6 @@ import numpy as np
 from talkingface.inference.features import check_audio_duration
 from talkingface.inference.profile import OFF
 from talkingface.inference.silence import FrameVad, silent_chunk
-from talkingface.inference.source import FrameSource
 from talkingface.utils.audio import (HOP_SIZE, MEL_CHUNK_LENGTH, WIN_SIZE, as_mono_16k, mel_chunk,
                                      mel_start, melspectrogram, n_video_frames_for_audio)
 from talkingface.utils.errors import ConfigError, InputError
@@ -55,6 +53,9 @@ logger = logging.getLogger(__name__)
 # Samples before a mel column's centre that its value depends on (half window + pre-emphasis),
 # rounded up to whole hops so that a piece starting there maps column for column.
 _LEFT = WIN_SIZE // 2 + HOP_SIZE
+# Mel columns computed in one call (10 s): the float64 STFT of a long push (minutes of audio
+# when a stream fell behind) holds only this many frames at a time.
+MEL_SLICE_COLUMNS = 800
 _PLAY_FOREVER = sys.maxsize  # the avatar loops until the audio ends
 
 
@@ -63,33 +64,33 @@ def samples_needed(k):
     return HOP_SIZE * (mel_start(k) + MEL_CHUNK_LENGTH - 1 + 2)
 
 
-class LipSyncStream:
-    """One stream over one avatar video; made by LipSyncer.stream / talkingface.api.LipSync.stream."""
+def check_stream_settings(settings, video):
+    """What a stream cannot do, as one-line ConfigErrors before anything is prepared."""
+    if settings["silence_mode"] == "source":
+        raise ConfigError("silence_mode=source runs in batch inference only (a stream would be late by "
+                          "silence_min_ms): stream with silence_mode=rest or generate")
+    if settings.reference == "half_clip" and getattr(video, "frame_at", None) is None:
+        raise ConfigError("reference_frame=half_clip needs the frames in memory; use first or same")
 
-    def __init__(self, syncer, video, settings, bf16, profiler=None):
+
+class LipSyncStream:
+    """One stream over one avatar video: `renderer`, a LipSyncRenderer over `source` whose avatar
+    is the whole video, prepared (prepare.prepare_renderer(..., whole_video=True)); the stream owns
+    both from then on. Made by LipSyncer.stream / talkingface.api.LipSync.stream."""
+
+    def __init__(self, renderer, source, settings, profiler=None):
         self.profiler = profiler or OFF
-        self.batch_size = int(settings["infer_batch_size"])
-        if settings["silence_mode"] == "source":
-            raise ConfigError("silence_mode=source runs in batch inference only (a stream would be late by "
-                              "silence_min_ms): stream with silence_mode=rest or generate")
-        reference = settings["reference_frame"]
-        frame_at = getattr(video, "frame_at", None)
-        if reference == "half_clip" and frame_at is None:
-            raise ConfigError("reference_frame=half_clip needs the frames in memory; use first or same")
-        if isinstance(video, (str, os.PathLike)):
-            video = FrameSource(str(video), cache_limit_mb=settings["infer_frame_cache_mb"])
-        self.source = video
-        self.renderer = None
+        self.batch_size = settings.batch_size
+        self.source = source
+        self.renderer = renderer
         try:
-            self.renderer = syncer.prepare(video, settings, 0, bf16, reference, frame_at,
-                                           profiler=self.profiler, whole_video=True)
-            self._frames = iter(video.play(_PLAY_FOREVER))
+            self._frames = iter(source.play(_PLAY_FOREVER))
             self.renderer.warm_up()
             melspectrogram(np.zeros(WIN_SIZE, np.float32))  # loads the mel code before the first chunk
         except BaseException:
             self._release()
             raise
-        self.width, self.height = video.width, video.height
+        self.width, self.height = source.width, source.height
         # audio kept from sample self._start on (the context of the next mel columns)
         self._audio, self._start, self._n_samples = np.zeros(0, np.float32), 0, 0
         # final mel columns self._col0 .. self._col0 + self._mel.shape[1] - 1
@@ -112,7 +113,15 @@ class LipSyncStream:
 
     def _add_columns(self, end):
         """Mel columns up to `end` (exclusive), from the audio kept; at the end of the stream
-        (`end` None) every remaining column, with the STFT's end padding."""
+        (`end` None) every remaining column, with the STFT's end padding. A long piece (a stream
+        that fell behind) is done MEL_SLICE_COLUMNS at a time: the same columns, a bounded peak."""
+        last = self._n_samples // HOP_SIZE + 1 if end is None else end
+        while last - self._final_columns() > MEL_SLICE_COLUMNS:
+            self._add_slice(self._final_columns() + MEL_SLICE_COLUMNS)
+        self._add_slice(end)
+
+    def _add_slice(self, end):
+        """_add_columns in one melspectrogram call."""
         first = self._final_columns()
         stop = self._n_samples if end is None else (end - 1) * HOP_SIZE + WIN_SIZE // 2
         if end is not None and end <= first:
@@ -184,6 +193,15 @@ class LipSyncStream:
         while not self.closed and mel_start(self._next + b - 1) + MEL_CHUNK_LENGTH <= self._final_columns():
             yield from self._render(list(range(self._next, self._next + b)))
             self._trim()
+
+    def restart(self):
+        """Begin a new audio timeline, the avatar going on where it is: the frames still waiting for
+        audio are never rendered, and the next push() is the start of new audio whose first frame is
+        the next one shown (as at the start of a stream). Live mode (talkingface/live.py) skips the
+        audio that rendering could not keep up with this way."""
+        self._audio, self._start, self._n_samples = np.zeros(0, np.float32), 0, 0
+        self._mel, self._col0, self._next = np.zeros((80, 0), np.float32), 0, 0
+        self._vad = FrameVad() if self._vad is not None else None
 
     def close(self):
         """End of the audio: the remaining frames (the output then has

@@ -10,33 +10,17 @@
 import torch
 from torch.nn import functional as F
 
-from talkingface.utils.errors import ConfigError
-
+BASE_SIZE = 128    # the Base model's input and output side (and the HR decoder's input)
 EXPERT_SIZE = 128  # the expert sees lower halves of 128-px frames: (N, 15, 64, 128)
-
-# reference_frame settings -> what they mean (docs/differences.md says which official script does which)
-REFERENCE_POLICIES = {
-    "first": "the first face crop of the video (the official HYPERLIPS.py class; the HR data)",
-    "same": "the frame itself, unmasked (the official Inference_hyperlips.py)",
-    "half_clip": "the frame half the video away, k + n//2 mod n (never the target's own mouth)",
-}
-
-
-def check_reference_policy(policy):
-    if policy not in REFERENCE_POLICIES:
-        raise ConfigError(f"reference_frame must be one of {', '.join(REFERENCE_POLICIES)} (got {policy!r})")
-    return policy
 
 
 def reference_index(policy, k, n_frames):
-    """Index of the reference frame of frame k (0 <= k < n_frames) under `policy`."""
-    if policy == "first":
-        return 0
-    if policy == "same":
-        return k
-    if policy == "half_clip":
-        return (k + n_frames // 2) % n_frames
-    check_reference_policy(policy)
+    """Index of the reference frame of frame k (0 <= k < n_frames) under the reference_frame
+    `policy` (config/schema.py admits these three; docs/differences.md says which official script
+    does which): first, the first face crop of the video (the official HYPERLIPS.py class; the HR
+    data); same, the frame itself, unmasked (the official Inference_hyperlips.py); half_clip, the
+    frame half the video away, k + n//2 mod n (never the target's own mouth)."""
+    return {"first": 0, "same": k, "half_clip": (k + n_frames // 2) % n_frames}[policy]
 
 
 def masked_input(target, reference):

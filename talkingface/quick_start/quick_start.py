@@ -6,7 +6,9 @@ import torch
 from talkingface.app import serve
 from talkingface.config import Config
 from talkingface.evaluator.evaluator import evaluate_checkpoint
-from talkingface.inference import run_batch, run_inference
+from talkingface.inference import run_batch
+from talkingface.quick_start.export_mode import run_export
+from talkingface.quick_start.infer_mode import run_inference
 from talkingface.quick_start.stream_mode import run_stream
 from talkingface.utils import distributed as dist_utils
 from talkingface.utils.logger import init_logger
@@ -49,6 +51,8 @@ def run(model, dataset, config_files=None, config_dict=None):
             return run_stream(config)
         if mode == "app":
             return serve(config)
+        if mode == "export":
+            return run_export(config)
         if mode == "evaluate" and model in ("HyperLipsBase", "HyperLipsHR"):
             # The clips and their source videos, lip-synced as --mode=infer does: no trainer, no HR data.
             preprocess(config, "HyperLipsBasePreprocessor")

@@ -16,14 +16,13 @@ to the frames only.
 """
 import torch
 
-from talkingface.model import build_network
+from talkingface.model import create
 from talkingface.trainer.trainer import Trainer, adam
-from talkingface.utils.registry import MODELS
 
 
 class AdversarialTrainer(Trainer):
     """A Trainer with networks/optimizers "generator" (the model named by config["model"]) and
-    "discriminator" (`DISCRIMINATOR`, a name of model.build_network), each with its own Adam."""
+    "discriminator" (`DISCRIMINATOR`, a network name of model.create), each with its own Adam."""
 
     DISCRIMINATOR = None
     # D's seed at a sample may be at most this many times smaller than the generator's.
@@ -31,8 +30,8 @@ class AdversarialTrainer(Trainer):
 
     def build(self):
         config = self.config
-        generator = MODELS.get(self.model_name).from_config(config)
-        discriminator = build_network(self.DISCRIMINATOR)
+        generator = create(self.model_name, config).network
+        discriminator = create(self.DISCRIMINATOR).network
         self.networks = {"generator": generator, "discriminator": discriminator}
         betas = tuple(config["adam_betas"])
         self.optimizers = {

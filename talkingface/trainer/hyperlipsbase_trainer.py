@@ -14,12 +14,13 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from talkingface.model import load_network
-from talkingface.model.inputs import expert_face_input, masked_input, reference_index, to_uint8_images
+from talkingface.model import load
+from talkingface.model.generate import generate_faces
+from talkingface.model.inputs import expert_face_input, reference_index
 from talkingface.model.losses import bce, sync_probability
 from talkingface.trainer.adversarial import AdversarialTrainer
 from talkingface.trainer.health import Health, MeanRatioAbove, StaysWithin
-from talkingface.utils.audio import frame_mel_chunks
+from talkingface.utils.audio import SYNCNET_T, frame_mel_chunks
 from talkingface.utils.checkpoint import stage_checkpoint
 from talkingface.utils.errors import CheckpointError
 from talkingface.utils.registry import TRAINERS
@@ -105,7 +106,7 @@ class HyperLipsBaseTrainer(AdversarialTrainer):
 
     def _load_expert(self):
         path = self.expert_checkpoint()
-        expert = load_network("SyncNet", path).to(self.device).eval()
+        expert = load("SyncNet", path).network.to(self.device)
         for parameter in expert.parameters():
             parameter.requires_grad_(False)
         logger.info("lip-sync expert: %s", path)
@@ -212,24 +213,13 @@ class HyperLipsBaseTrainer(AdversarialTrainer):
         generator.eval()
         size = self.config["img_size"]
         n_frames = clip.n_frames
+        if n_frames == 0:
+            return np.zeros((0, size, size, 3), np.uint8)
         frames = np.stack([clip.frame(k, size) for k in range(n_frames)])
-        chunks = frame_mel_chunks(clip.mel, n_frames, fps=clip.fps)
-        batch_frames = max(1, self.config["eval_batch_size"] * self.config["syncnet_T"])
-        outputs = []
-        try:
-            for start in range(0, n_frames, batch_frames):
-                indices = np.arange(start, min(start + batch_frames, n_frames))
-                references = [reference_index("half_clip", k, n_frames) for k in indices]
-                target = self._to_tensor(frames[indices])
-                reference = self._to_tensor(frames[references])
-                audio = torch.from_numpy(chunks[indices]).unsqueeze(1).to(self.device)
-                with self.autocast():
-                    out = generator(audio, masked_input(target, reference))
-                outputs.append(to_uint8_images(out))
+        references = frames[[reference_index("half_clip", k, n_frames) for k in range(n_frames)]]
+        try:  # the generator loop of inference and the HR data (model.generate)
+            return generate_faces(generator, frames, references, frame_mel_chunks(clip.mel, n_frames, fps=clip.fps),
+                                  device=self.device, amp_dtype=self.amp_dtype if self.amp_enabled else None,
+                                  batch_size=max(1, self.config["eval_batch_size"] * SYNCNET_T))
         finally:
             generator.train(was_training)
-        return np.concatenate(outputs) if outputs else np.zeros((0, size, size, 3), np.uint8)
-
-    def _to_tensor(self, images):
-        """uint8 (N,H,W,3) BGR -> float (N,3,H,W) in [0,1] on the device."""
-        return torch.from_numpy(images).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)

@@ -15,7 +15,7 @@ import torch
 from torch.nn import functional as F
 
 from talkingface.data.dataset.hr_layout import resolve_base_checkpoint
-from talkingface.model import load_network
+from talkingface.model import load
 from talkingface.model.losses import LPIPSVGG, VGG19Perceptual, lip_l1, lpips_sized, relativistic_loss
 from talkingface.trainer.adversarial import AdversarialTrainer
 from talkingface.utils.errors import CheckpointError
@@ -134,5 +134,5 @@ class HyperLipsHRTrainer(AdversarialTrainer):
         """(the Base generator this decoder was trained on, the decoder) for the Evaluator."""
         if self.base_checkpoint is None:
             raise CheckpointError("no HyperLipsBase checkpoint to run the HR decoder on: pass --base_checkpoint=PATH")
-        base = load_network("HyperLipsBase", self.base_checkpoint["path"]).to(self.device)
+        base = load("HyperLipsBase", self.base_checkpoint["path"]).network.to(self.device)
         return base, self.unwrap(self.networks["generator"])

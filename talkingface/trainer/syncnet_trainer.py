@@ -8,13 +8,14 @@ import logging
 import math
 import os
 
+from talkingface.model import create
 from talkingface.model.inputs import expert_face_input
 from talkingface.model.losses import bce, sync_probability
 from talkingface.trainer.health import Health, StaysWithin
 from talkingface.trainer.trainer import Trainer, adam
 from talkingface.utils import distributed as dist_utils
 from talkingface.utils.files import write_json_atomic
-from talkingface.utils.registry import DATASETS, MODELS, TRAINERS
+from talkingface.utils.registry import DATASETS, TRAINERS
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ class SyncNetTrainer(Trainer):
     """networks {"syncnet"}; batches {"face": (B,15,64,128), "mel": (B,1,80,16), "label": (B,1)}."""
 
     def build(self):
-        network = MODELS.get("SyncNet").from_config(self.config)
+        network = create("SyncNet", self.config).network
         self.networks = {"syncnet": network}
         self.optimizers = {"syncnet": adam(network.parameters(), lr=self.config["learning_rate"])}
         self._build_health()

@@ -24,10 +24,11 @@ from tqdm import tqdm
 from talkingface.data.dataset.sampler import ResumableSampler, SeededItems
 from talkingface.evaluator.evaluator import Evaluator
 from talkingface.inference.pipeline import LipSyncer
+from talkingface.model import extract_state_dict
 from talkingface.utils import distributed as dist_utils
 from talkingface.utils.checkpoint import (checkpoint_path, latest_checkpoint, list_checkpoints, load_checkpoint_file,
                                           save_checkpoint_file)
-from talkingface.utils.errors import CheckpointError, ConfigError, TalkingFaceError
+from talkingface.utils.errors import CheckpointError, TalkingFaceError
 from talkingface.utils.files import remove_stale_temp_files, write_json_atomic
 from talkingface.utils.fingerprint import checkpoint_fingerprint
 from talkingface.utils.registry import DATASETS, TRAINERS
@@ -193,10 +194,7 @@ class Trainer:
     def _amp_settings(self):
         amp = self.config["amp"]
         enabled = self.device.type == "cuda" if amp == "auto" else bool(amp)
-        dtypes = {"bfloat16": torch.bfloat16, "float16": torch.float16}
-        if self.config["amp_dtype"] not in dtypes:
-            raise ConfigError(f"amp_dtype must be bfloat16 or float16, not '{self.config['amp_dtype']}'")
-        return enabled, dtypes[self.config["amp_dtype"]]
+        return enabled, {"bfloat16": torch.bfloat16, "float16": torch.float16}[self.config["amp_dtype"]]
 
     def _prepare_networks(self):
         for name, network in self.networks.items():
@@ -246,6 +244,8 @@ class Trainer:
             "scalers": {n: s.state_dict() for n, s in self.scalers.items()},
             "rng": rng_states if rng_states is not None else [rng_state()],
             "model": self.model_name,
+            # the last validation's means: preprocessing trusts a SyncNet expert for offsets by its accuracy
+            "validation": dict(self.last_validation, step=self.last_validation_step) if self.last_validation else None,
             "config": self.run_record["config"],
             "run": self.run_record,
         }
@@ -265,7 +265,10 @@ class Trainer:
         in the epoch and the random generators) from `state`."""
         if state.get("model") not in (None, self.model_name):
             raise CheckpointError(f"{path} is a {state['model']} checkpoint, not {self.model_name}")
-        networks = state.get("networks") or {self.main_network_name: state["state_dict"]}
+        # A training checkpoint (networks, optimizers, counters, random state): resume reads it
+        # whole. A network-only file (say official weights) gives the main network through
+        # model.extract_state_dict, the loader's own reading of a state dict.
+        networks = state.get("networks") or {self.main_network_name: extract_state_dict(self.model_name, state)}
         try:
             for name, network in self.networks.items():
                 if name in networks:

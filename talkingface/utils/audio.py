@@ -40,6 +40,7 @@ REF_LEVEL_DB = 20.0
 MAX_ABS_VALUE = 4.0
 MEL_FRAMES_PER_SECOND = SAMPLE_RATE / HOP_SIZE  # 80
 MEL_CHUNK_LENGTH = 16  # 0.2 s of mel frames per video frame
+SYNCNET_T = 5  # frames per lip-sync window: the expert reads 3*T = 15 channels; 0.2 s, one mel chunk
 
 
 # rematrix_maxval 1 makes the stereo -> mono downmix the plain channel mean (ffmpeg's default

@@ -16,11 +16,18 @@ def save_checkpoint_file(state, path):
     write_atomic(path, lambda f: torch.save(state, f), binary=True, sync=True)
 
 
-def load_checkpoint_file(path, map_location="cpu"):
-    """Load a checkpoint written by us or by the official code (plain tensors and numbers only)."""
+def load_checkpoint_file(path, map_location="cpu", mmap=False):
+    """Load a checkpoint written by us or by the official code (plain tensors and numbers only);
+    `mmap`: map the tensors instead of reading them (key names at little cost; a legacy non-zip
+    file cannot be mapped and is read whole)."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
+        if mmap:
+            try:
+                return torch.load(path, map_location=map_location, weights_only=True, mmap=True)
+            except RuntimeError:
+                pass
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated or foreign files
         raise CheckpointError(f"cannot read checkpoint {path}: {_load_failure(path, exc)}") from None

@@ -4,7 +4,7 @@ glibc's malloc hands every block over its mmap threshold (at most 32 MB) straigh
 kernel when it is freed, so the next feature map of that size is faulted in again page by page,
 zero-filled. A HyperLips training step allocates and frees dozens of such maps (one 128x128x64
 map of 10 frames is 42 MB): on the 2-core test machine that page-faulting made element-wise ops
-on such maps several times slower than their arithmetic (tests/test_runtime.py counts the faults).
+on such maps several times slower than their arithmetic (tests/unit/utils/test_runtime.py counts the faults).
 `keep_freed_memory` makes malloc serve large blocks from its heap and keep what is freed for the
 next step. The price is resident memory: nothing freed goes back to the kernel, and the heap
 fragments, so peak RSS grows (docs/benchmarks.md: bench_train.py with and without the opt-out).
@@ -16,8 +16,6 @@ import ctypes.util
 import logging
 import os
 import platform
-
-from talkingface.utils.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -60,10 +58,8 @@ def use_bf16(setting, device):
     # they load it, and the scorer's CLI (evaluator/score.py) answers a bad path without it
     import torch
 
-    if isinstance(setting, bool):
+    if isinstance(setting, bool):  # else auto: config/schema.py admits nothing else
         return setting
-    if str(setting).lower() != "auto":
-        raise ConfigError(f"infer_bf16 must be true, false or auto (got {setting})")
     if device.type != "cpu":
         return False
     try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import cv2
 
-from talkingface.utils.errors import ConfigError, InputError
+from talkingface.utils.errors import InputError
 
 LIPS = (
     (61, 146), (146, 91), (91, 181), (181, 84), (84, 17), (17, 314), (314, 405), (405, 321),
@@ -103,11 +103,10 @@ def draw_sketch(landmarks, size, thickness: int | None = None) -> np.ndarray:
 def sketch_for_decoder(sketch: np.ndarray, img_size: int) -> np.ndarray:
     """Resize a sketch to img_size², blur (k = 5/7/11 for 128/256/512) and binarize (>0 -> 255).
 
-    The one preprocessing of sketches for the HR decoder, shared by training and inference.
+    The one preprocessing of sketches for the HR decoder, shared by training and inference
+    (img_size is HyperLipsHR's, checked by config/schema.py).
     """
     img_size = int(img_size)
-    if img_size not in DECODER_BLUR_KERNEL:
-        raise ConfigError(f"img_size must be 128, 256 or 512 for the HR decoder, got {img_size}")
     sketch = np.asarray(sketch)
     if sketch.dtype != np.uint8 or sketch.ndim not in (2, 3) or sketch.size == 0:
         raise InputError(f"Expected a uint8 sketch image, got {sketch.dtype} {sketch.shape}")

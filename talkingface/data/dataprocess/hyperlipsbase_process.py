@@ -1,10 +1,10 @@
 """Raw videos -> the preprocessed Base layout (face crops at 25 fps, audio, mel, boxes, filelists).
 
 For every video under config["data_root"] (any depth, any common container, any fps and size):
-frames are resampled to 25 fps, the face is followed by the toolkit's one face tracker (utils/tracking.py:
-the same detection, face choice, minimum size, gap interpolation, smoothing and bottom pad as
-inference and evaluation, streamed here), and each frame's crop is resized to config["crop_size"]
-and written as JPEG. Frames without a face never leave an index gap: a clip is
+frames are resampled to 25 fps, the face is followed by the toolkit's one face tracker (FaceTracker in
+utils/tracking.py, the class inference and evaluation use too: the same boxes, bit for bit), and each
+frame's crop is resized to config["crop_size"] and written as JPEG once the tracker's box for it is
+final. Frames without a face never leave an index gap: a clip is
 trimmed to its longest face-bearing run (or skipped when that run is too short to hold a training
 sample). Audio is cut to the kept frames, saved as 16 kHz mono wav, and its mel spectrogram is
 computed once, in the parent process. Every clip is written in
@@ -22,6 +22,8 @@ and rank 0 writes report, filelists and manifest once every share is done.
 report.json also holds each clip's data-report columns (face size, sharpness, static and silence
 fractions, computed from the crops and audio in hand) and flags, and the totals under "summary";
 report.png draws them (data_report.py). data_filter leaves flagged clips out of the filelists.
+Each clip's audio-video offset is detected (and with av_offset=fix removed) once its folder is done
+(av_offset.py); a change of those settings redoes only the offsets.
 """
 import hashlib
 import json
@@ -40,18 +42,18 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from talkingface.data.dataprocess import data_report
+from talkingface.data.dataprocess import av_offset, data_report
 from talkingface.data.dataprocess.demo import demo_is_current, ensure_demo_dataset
 from talkingface.data.dataset.clip import DONE_MARKER, SPLITS, filelist_path
 from talkingface.utils import distributed as dist_utils
 from talkingface.utils.runtime import usable_cpus
-from talkingface.utils.audio import (SIDECAR_AUDIO_EXTENSIONS, audio_source_for, load_audio, melspectrogram,
-                                     save_wav, sidecar_audio)
-from talkingface.utils.errors import ConfigError, InputError, TalkingFaceError
-from talkingface.utils.face import FaceDetector, crop_resize, pad_box, smooth_boxes
+from talkingface.utils.audio import (FPS, SAMPLE_RATE, SIDECAR_AUDIO_EXTENSIONS, audio_source_for, load_audio,
+                                     melspectrogram, save_wav, sidecar_audio)
+from talkingface.utils.errors import InputError, TalkingFaceError
+from talkingface.utils.face import FaceDetector, crop_resize
 from talkingface.utils.files import write_json_atomic, write_text_atomic
 from talkingface.utils.registry import PREPROCESSORS
-from talkingface.utils.tracking import FacePicker, tracker_settings
+from talkingface.utils.tracking import FaceTracker, tracker_settings
 from talkingface.utils.video import VIDEO_EXTENSIONS, iter_frames, probe_video
 
 logger = logging.getLogger(__name__)
@@ -303,78 +305,32 @@ def _probe(path):
     return info
 
 
-class _FaceRuns:
-    """Streams frames, detects faces and writes crops as soon as their smoothed box is final.
+class _CropWriter:
+    """Holds each frame until the face tracker's box for it is final (a few frames later, see
+    utils.tracking.FaceTracker), then writes its crop; frames without a face are dropped."""
 
-    As utils.tracking.track_faces: one face per frame (FacePicker), padded at the bottom; a gap
-    of at most face_max_gap frames between two detections is interpolated and stays in the run,
-    a longer one ends it; boxes are smoothed within each run. The smoother is a short centred
-    window, so a frame's box is final once `lookahead` later frames are known (or its run has
-    ended). Only those few frames (and a short gap's) are held in memory.
-    """
-
-    def __init__(self, task, detector, width, height):
-        self.task, self.detector = task, detector
-        self.width, self.height = width, height
-        self.window = task["box_smooth_window"]
-        self.lookahead = max(1, self.window)
-        self.runs = []  # (start, stop) of finished runs, in 25 fps frame indices
-        self.run_start = None
-        self.run_boxes = []  # padded raw boxes of the current run
-        self.pending = deque()  # (index, frame) not yet written
+    def __init__(self, task):
+        self.task = task
+        self.pending = deque()  # frames whose box is not out yet, oldest first
         self.boxes = {}  # frame index -> final crop box
-        self.picker = FacePicker(task["face_min_size"], task["face_continuity_iou"])
-        self.gap = []  # (index, frame) missed since the run's last detection
         self.stats = data_report.CropStats()  # the data report's sharpness and static columns
 
-    @property
-    def multi_face_frames(self):
-        return self.picker.frames_with_several
+    def add(self, frame, final):
+        """`frame`, the next one, and the (index, box) pairs the tracker made final with it."""
+        self.pending.append(frame)
+        self.write(final)
 
-    def add(self, index, frame):
-        found = self.picker(self.detector.detect(frame))
-        if found is None:
-            if self.run_start is not None:
-                self.gap.append((index, frame))
-                if len(self.gap) > self.task["face_max_gap"]:
-                    self.end_run(self.gap[0][0])
-            return
-        if self.run_start is None:
-            self.run_start = index
-        box = pad_box(found, bottom=self.task["face_pad_bottom"], width=self.width, height=self.height)
-        last = self.run_boxes[-1] if self.gap else None
-        for j, item in enumerate(self.gap):  # a short gap: boxes interpolated linearly, as fill_missing_boxes
-            self._append(item, last + (box - last) * ((j + 1) / (len(self.gap) + 1)))
-        self.gap = []
-        self._append((index, frame), box)
-
-    def _append(self, item, box):
-        self.run_boxes.append(np.asarray(box, np.float32))
-        self.pending.append(item)
-        while self.pending and item[0] - self.pending[0][0] >= self.lookahead:
-            self._write(*self.pending.popleft(), run_stop=None)
-
-    def end_run(self, stop):
-        """End the current run at frame `stop` (exclusive); a pending gap is dropped."""
-        self.gap = []
-        while self.pending:
-            self._write(*self.pending.popleft(), run_stop=stop)
-        if self.run_start is not None:
-            self.runs.append((self.run_start, stop))
-        self.run_start, self.run_boxes = None, []
-
-    def _write(self, index, frame, run_stop):
-        # Smooth a slice around the frame: identical to smoothing the whole run (local window).
-        k = index - self.run_start
-        lo = max(0, k - self.lookahead)
-        hi = len(self.run_boxes) if run_stop is not None else min(len(self.run_boxes), k + self.lookahead + 1)
-        box = smooth_boxes(np.asarray(self.run_boxes[lo:hi]), window=self.window)[k - lo]
-        self.boxes[index] = box
-        crop = crop_resize(frame, box, self.task["crop_size"])
-        self.stats.add(index, crop)
-        path = os.path.join(self.task["tmp_dir"], f"{index}.jpg")
-        if not cv2.imwrite(path, crop, [cv2.IMWRITE_JPEG_QUALITY, self.task["jpeg_quality"]]):
-            raise OSError(f"cannot write {path}")
+    def write(self, final):
+        for index, box in final:
+            frame = self.pending.popleft()
+            if not np.isfinite(box).all():
+                continue
+            self.boxes[index] = box
+            crop = crop_resize(frame, box, self.task["crop_size"])
+            self.stats.add(index, crop)
+            path = os.path.join(self.task["tmp_dir"], f"{index}.jpg")
+            if not cv2.imwrite(path, crop, [cv2.IMWRITE_JPEG_QUALITY, self.task["jpeg_quality"]]):
+                raise OSError(f"cannot write {path}")
 
 
 def _process_video(task, detector):
@@ -397,7 +353,8 @@ def _process_video(task, detector):
 
     shutil.rmtree(task["tmp_dir"], ignore_errors=True)  # a leftover of a worker that died
     os.makedirs(task["tmp_dir"])
-    runs = _FaceRuns(task, detector, info.width, info.height)
+    tracker = FaceTracker.from_settings(task, info.width, info.height)
+    crops = _CropWriter(task)
     n_decoded = 0
     frames = iter_frames(path, fps=fps)
     try:
@@ -406,27 +363,28 @@ def _process_video(task, detector):
                 notes.append(f"video longer than its audio: cut at {audio_frames} frames")
                 break
             if index == 0 and frame.shape[:2] != (info.height, info.width):
-                runs.width, runs.height = frame.shape[1], frame.shape[0]
-            runs.add(index, frame)
+                tracker.width, tracker.height = frame.shape[1], frame.shape[0]
+            crops.add(frame, tracker.push(detector.detect(frame)))
             n_decoded = index + 1
     finally:
         if hasattr(frames, "close"):
             frames.close()  # releases the decoder now, not at garbage collection
-    runs.end_run(runs.gap[0][0] if runs.gap else n_decoded)
+    crops.write(tracker.finish())
+    runs = tracker.runs
     if n_decoded == 0:
         raise SkipVideo("unreadable", f"no frame could be decoded from {path}")
-    if not runs.runs:
+    if not runs:
         raise SkipVideo("no_face", f"no face detected in any of {n_decoded} frames")
-    first, stop = max(runs.runs, key=lambda r: (r[1] - r[0], -r[0]))
+    first, stop = max(runs, key=lambda r: (r[1] - r[0], -r[0]))
     n_frames = stop - first
     if n_frames < task["min_clip_frames"]:
         raise SkipVideo("too_short", f"longest face-bearing run is {n_frames} frames "
                                      f"(of {n_decoded}), need >= {task['min_clip_frames']}")
     if n_frames < n_decoded:
         notes.append(f"trimmed to frames {first}..{stop - 1} of {n_decoded} "
-                     f"({n_decoded - sum(b - a for a, b in runs.runs)} frames without a face)")
-    if runs.multi_face_frames:
-        notes.append(f"several faces in {runs.multi_face_frames} frames: kept the largest/most central")
+                     f"({n_decoded - sum(b - a for a, b in runs)} frames without a face)")
+    if tracker.frames_with_several:
+        notes.append(f"several faces in {tracker.frames_with_several} frames: kept the largest/most central")
 
     # Renumber the kept run 0..n-1 and drop everything else: no index gaps.
     kept = set(range(first, stop))
@@ -441,14 +399,14 @@ def _process_video(task, detector):
 
     clip_wav = wav[int(round(first * samples_per_frame)):int(round(stop * samples_per_frame))]
     save_wav(os.path.join(task["tmp_dir"], "audio.wav"), clip_wav, sr)
-    boxes = np.stack([runs.boxes[i] for i in range(first, stop)]).astype(np.float32)
+    boxes = np.stack([crops.boxes[i] for i in range(first, stop)]).astype(np.float32)
     np.save(os.path.join(task["tmp_dir"], "boxes.npy"), boxes)
     meta = {"source": os.path.abspath(path), "source_rel": task["rel"], "fps": fps, "n_frames": n_frames,
-            "width": runs.width, "height": runs.height, "first_frame": first,
+            "width": tracker.width, "height": tracker.height, "first_frame": first,
             "source_fps": info.fps, "sample_rate": sr, "crop_size": task["crop_size"],
             "params_hash": task["params_hash"], "source_stamp": task["stamp"], "notes": notes}
     result = {"n_frames": n_frames, "first_frame": first, "notes": notes,
-              "stats": dict(data_report.clip_stats(runs.stats, first, stop, boxes, clip_wav, sr),
+              "stats": dict(data_report.clip_stats(crops.stats, first, stop, boxes, clip_wav, sr),
                             source=_hash([task["params_hash"], task["stamp"]]))}
     if audio_path != path:
         meta["audio_source"] = os.path.abspath(audio_path)
@@ -474,7 +432,7 @@ class HyperLipsBasePreprocessor:
         self.data_root = config["data_root"]
         self.root = config["preprocessed_root"]
         # Settings that change the content of a clip folder (a change redoes every clip).
-        self.params = {"fps": config["fps"], "sample_rate": config["sample_rate"], "crop_size": config["crop_size"],
+        self.params = {"fps": FPS, "sample_rate": SAMPLE_RATE, "crop_size": config["crop_size"],
                        **tracker_settings(config), "min_clip_frames": config["min_clip_frames"],
                        "jpeg_quality": config["jpeg_quality"]}
         # Settings that only change the filelists.
@@ -483,20 +441,9 @@ class HyperLipsBasePreprocessor:
         self.split_files = split_file_paths(config)  # {split: path}: follow these lists instead of a draw
         self.workers = int(config["num_preprocess_workers"]) or usable_cpus()
         self.generate_demo = bool(config["generate_demo"])
-        self._check_params()
-
-    def _check_params(self):
-        if self.params["sample_rate"] != 16000:
-            raise ConfigError("sample_rate must be 16000: the HyperLips mel spectrogram is defined for 16 kHz")
-        if self.params["fps"] <= 0:
-            raise ConfigError(f"fps must be positive, got {self.params['fps']}")
-        if self.params["min_clip_frames"] < 2 * self.config["syncnet_T"]:
-            raise ConfigError(f"min_clip_frames must be >= 2*syncnet_T = {2 * self.config['syncnet_T']} "
-                              "(a target window and a disjoint reference window)")
-        for key in ("val_ratio", "test_ratio"):
-            if not 0 <= self.split_params[key] < 1:
-                raise ConfigError(f"{key} must lie in [0, 1), got {self.split_params[key]}")
-        split_file_hashes(self.split_files)  # an unreadable list: one line on every rank, before any work
+        # The values themselves are checked by config/schema.py; an unreadable split list is one line
+        # on every rank, before any work.
+        split_file_hashes(self.split_files)
 
     @property
     def manifest_path(self):
@@ -514,7 +461,8 @@ class HyperLipsBasePreprocessor:
     def current_manifest(self):
         videos = {rel: _source_stamp(os.path.join(self.data_root, rel))
                   for rel in find_videos(self.data_root, exclude=self.root)} if os.path.isdir(self.data_root) else {}
-        return {"version": MANIFEST_VERSION, "params": self.params, "split": self._split_stamp(), "videos": videos}
+        return {"version": MANIFEST_VERSION, "params": self.params, "split": self._split_stamp(), "videos": videos,
+                "av_offset": av_offset.settings_stamp(self.config)}  # a change redoes only the offsets
 
     def _split_stamp(self):
         """What the filelists are made from: the split files' contents, or the draw's settings."""
@@ -684,10 +632,11 @@ class HyperLipsBasePreprocessor:
         if unseen:  # made by another rank in a folder this one does not see
             raise InputError(f"{len(unseen)} finished clips (e.g. {unseen[0]}) are missing from {self.root}: "
                              "with several machines, preprocessed_root must be on a filesystem they all share")
+        offsets = av_offset.update_clips(report, self.root, self.config)  # columns before the flags read them
         limits, drop = data_report.thresholds(self.config), bool(self.config["data_filter"])
         kept = data_report.apply_flags(report, limits, drop)  # == ok unless data_filter drops flagged clips
         splits, listed = self._splits(report, kept)
-        summary = data_report.summarize(report, self.params["fps"], limits, drop)
+        summary = dict(data_report.summarize(report, self.params["fps"], limits, drop), av_offset=offsets)
         write_json_atomic(os.path.join(self.root, "report.json"),
                           {**dict(sorted(report.items())), **({"split_files": listed} if listed else {}),
                            "summary": summary}, indent=1)

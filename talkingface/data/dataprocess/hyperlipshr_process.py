@@ -44,14 +44,16 @@ from tqdm import tqdm
 from talkingface.data.dataprocess.hyperlipsbase_process import run_on_main_process
 from talkingface.utils.runtime import usable_cpus
 from talkingface.data.dataset.clip import DONE_MARKER, SPLITS, Clip, read_filelist
-from talkingface.data.dataset.hr_layout import (BASE_SIZE, FORMAT_VERSION, IMAGE_FOLDERS, frame_path,  # noqa: F401
+from talkingface.data.dataset.hr_layout import (FORMAT_VERSION, IMAGE_FOLDERS, frame_path,  # noqa: F401
                                                 hr_root, hr_size_root, resolve_base_checkpoint)
-from talkingface.model import load_network
-from talkingface.model.inputs import masked_input, reference_index, to_uint8_images
+from talkingface.model import load
+from talkingface.model.inputs import BASE_SIZE
+from talkingface.model.generate import generate_faces
+from talkingface.model.inputs import reference_index
 from talkingface.utils import distributed as dist_utils
 from talkingface.utils.audio import frame_mel_chunks
 from talkingface.utils.distributed import is_main_process
-from talkingface.utils.errors import CheckpointError, ConfigError, InputError
+from talkingface.utils.errors import CheckpointError, InputError
 from talkingface.utils.face import FaceMesh, crop_resize
 from talkingface.utils.fingerprint import checkpoint_fingerprint
 from talkingface.utils.registry import PREPROCESSORS
@@ -98,34 +100,26 @@ def valid(landmarks):
 # ---------------------------------------------------------------------------- Base output
 def load_base_model(path, device):
     # channels_last: the same numbers, faster convolutions (oneDNN on the CPU, cuDNN on GPUs).
-    model = load_network("HyperLipsBase", path).to(device, memory_format=torch.channels_last).eval()
+    model = load("HyperLipsBase", path).network.to(device, memory_format=torch.channels_last)
     for p in model.parameters():
         p.requires_grad_(False)
     return model
 
 
-@torch.no_grad()
 def generate_hyper_frames(model, clip, device, batch_size, bf16=False, reference="first"):
     """The Base model's output for every frame of `clip` from its own audio: uint8 (n,128,128,3).
 
     Inputs as inference makes them (Base inference on the clip; model.inputs): the frame with its
     lower half zeroed next to the reference frame of the `reference` policy (default the clip's
     first frame, as the official HR data), and the mel chunk of frame k (the one mel/frame
-    convention). `bf16`: bfloat16 autocast, as inference runs the Base model.
+    convention). `bf16`: bfloat16 autocast, as inference runs the Base model. The generator loop
+    is inference's (model.generate.generate_faces).
     """
     n = clip.n_frames
-    faces = torch.from_numpy(np.stack([clip.frame(k, BASE_SIZE) for k in range(n)])).permute(0, 3, 1, 2)
-    chunks = torch.from_numpy(frame_mel_chunks(clip.mel, n)).unsqueeze(1)  # (n,1,80,16)
-    references = [reference_index(reference, k, n) for k in range(n)]
-    outputs = []
-    for start in range(0, n, batch_size):
-        stop = min(start + batch_size, n)
-        face = masked_input(faces[start:stop].float().div(255), faces[references[start:stop]].float().div(255))
-        face = face.to(device, memory_format=torch.channels_last)
-        audio = chunks[start:stop].to(device)
-        with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
-            outputs.append(to_uint8_images(model(audio, face)))
-    return np.concatenate(outputs)
+    faces = np.stack([clip.frame(k, BASE_SIZE) for k in range(n)])
+    references = faces[[reference_index(reference, k, n) for k in range(n)]]
+    return generate_faces(model, faces, references, frame_mel_chunks(clip.mel, n), device=device,
+                          batch_size=batch_size, amp_dtype=torch.bfloat16 if bf16 else None)
 
 
 # ---------------------------------------------------------------------------- ground truth
@@ -273,12 +267,9 @@ class HyperLipsHRPreprocessor:
         is then the slow part), none on the CPU (there the Base model costs far more than the mesh and the pool
         only adds start-up time)."""
         setting = self.config["hr_preprocess_workers"]
-        if str(setting).lower() == "auto":
+        if setting == "auto":
             return usable_cpus() if self.config["device"].type == "cuda" else 0
-        try:
-            return max(0, int(setting))
-        except (TypeError, ValueError):
-            raise ConfigError(f"hr_preprocess_workers must be auto or a number >= 0 (got {setting})") from None
+        return setting
 
     def state(self, checkpoint, clip_dirs):
         return {"format": FORMAT_VERSION, "img_size": int(self.config["img_size"]),

@@ -5,7 +5,6 @@ import os
 from talkingface.utils.checkpoint import stage_checkpoint
 from talkingface.utils.fingerprint import checkpoint_fingerprint
 
-BASE_SIZE = 128          # the Base model's (and the HR decoder's input) resolution
 FORMAT_VERSION = 2       # bump when the layout or the way it is computed changes
 IMAGE_FOLDERS = ("GT_IMG", "GT_MASK", "HYPER_IMG", "HYPER_SKETCH")
 

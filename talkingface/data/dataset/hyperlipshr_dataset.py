@@ -15,7 +15,8 @@ import torch
 from torch.utils.data import Dataset
 
 from talkingface.data.dataset.clip import DONE_MARKER, read_filelist
-from talkingface.data.dataset.hr_layout import BASE_SIZE, frame_path, hr_root
+from talkingface.data.dataset.hr_layout import frame_path, hr_root
+from talkingface.model.inputs import BASE_SIZE
 from talkingface.utils.errors import InputError, TalkingFaceError
 from talkingface.utils.registry import DATASETS
 from talkingface.utils.sketch import sketch_for_decoder

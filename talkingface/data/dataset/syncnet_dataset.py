@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from talkingface.data.dataset.clip import load_clips
-from talkingface.utils.audio import mel_chunk
+from talkingface.utils.audio import FPS, SYNCNET_T, mel_chunk
 from talkingface.utils.errors import InputError
 from talkingface.utils.registry import DATASETS
 
@@ -37,8 +37,8 @@ class WindowDataset(Dataset):
     def __init__(self, config, split):
         self.config = config
         self.split = split
-        self.T = int(config["syncnet_T"])
-        self.fps = float(config["fps"])
+        self.T = SYNCNET_T
+        self.fps = FPS
         self.img_size = int(config["img_size"])
         self.clips = [c for c in load_clips(config, split) if c.n_frames - self.T + 1 >= self.min_windows]
         self.train = split == "train"

@@ -3,12 +3,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from talkingface.model.audio_driven_talkingface.blocks import ConvBNReLU, channels_last
+from talkingface.utils.audio import SYNCNET_T
 from talkingface.utils.registry import MODELS
 from talkingface.model.abstract_talkingface import AbstractTalkingFace
 
 # (cin, cout, kernel, stride, padding, residual) per Conv-BN-ReLU block.
 FACE_LAYERS = (
-    (15, 32, 7, 1, 3, False),
+    (3 * SYNCNET_T, 32, 7, 1, 3, False),  # the lower halves of T BGR frames on the channels
     (32, 64, 5, (1, 2), 1, False), (64, 64, 3, 1, 1, True), (64, 64, 3, 1, 1, True),
     (64, 128, 3, 2, 1, False), (128, 128, 3, 1, 1, True), (128, 128, 3, 1, 1, True), (128, 128, 3, 1, 1, True),
     (128, 256, 3, 2, 1, False), (256, 256, 3, 1, 1, True), (256, 256, 3, 1, 1, True),
