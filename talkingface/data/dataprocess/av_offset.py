@@ -119,7 +119,7 @@ class OffsetDetector:
                        f"{EXPERT_MIN_ACCURACY} (chance is 0.5)")
                 if requested == "SyncNet":
                     raise CheckpointError(f"av_offset_method=SyncNet: {why}; train it longer or set sync_expert_path")
-                logger.info("av_offset: %s, so it does not measure offsets", why)
+                _log_once(f"av_offset: {why}, so it does not measure offsets")
         if requested == "loudness" or (requested == "auto" and LOUDNESS_IS_DEFAULT):
             return "loudness", None, None
         return None, None, NO_EXPERT_NOTE
@@ -327,6 +327,16 @@ def update_clips(report, root, config):
     if detector.method:
         logger.info("av_offset: %s offsets (%s), %d clips updated", detector.method, detector.mode, redone)
     return dict(detector.describe(), updated=redone)
+
+
+_LOGGED = set()
+
+
+def _log_once(message):
+    """A run builds the detector for each staleness check: say why it measures nothing once."""
+    if message not in _LOGGED:
+        _LOGGED.add(message)
+        logger.info(message)
 
 
 def settings_stamp(config):
