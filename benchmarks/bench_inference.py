@@ -147,8 +147,7 @@ def main():
     report = dict(harness.header(args.device, args.threads), runs=[])
     results = report["runs"]
     with tempfile.TemporaryDirectory(prefix="bench_inference_") as tmp:
-        args.video = args.video or harness.synthetic_talking_video(os.path.join(tmp, "synthetic_720p.mp4"))
-        args.audio = args.audio or args.video
+        harness.default_media(args, tmp)
         for mode in args.modes:
             first = run_child(args, mode, args.seconds, tmp)
             results.append(first)

@@ -108,8 +108,7 @@ def main():
         return child(args)
     report = dict(harness.header(args.device, args.threads), runs=[])
     with tempfile.TemporaryDirectory(prefix="bench_live_") as tmp:
-        args.video = args.video or harness.synthetic_talking_video(os.path.join(tmp, "synthetic_720p.mp4"))
-        args.audio = args.audio or args.video
+        harness.default_media(args, tmp)
         for max_latency_ms in args.max_latency_ms:
             result = harness.run_child(__file__, "--child", "--seconds", args.seconds, "--video", args.video,
                                        "--audio", args.audio, "--device", args.device, "--tmp", tmp,

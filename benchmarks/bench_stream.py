@@ -188,8 +188,7 @@ def main():
         return child(args)
     report = dict(harness.header(args.device, args.threads), runs=[])
     with tempfile.TemporaryDirectory(prefix="bench_stream_") as tmp:
-        args.video = args.video or harness.synthetic_talking_video(os.path.join(tmp, "synthetic_720p.mp4"))
-        args.audio = args.audio or args.video
+        harness.default_media(args, tmp)
         for mode in args.modes:
             for batch_size in args.batch_sizes:
                 result = harness.run_child(__file__, "--child", "--mode", mode, "--seconds", args.seconds,

@@ -101,6 +101,12 @@ def add_inference_arguments(parser, seconds, seconds_help):
     parser.add_argument("--tmp", help=argparse.SUPPRESS)
 
 
+def default_media(args, tmp):
+    """--video defaults to the synthetic 720p talking clip (made in `tmp`), --audio to the video's own track."""
+    args.video = args.video or synthetic_talking_video(os.path.join(tmp, "synthetic_720p.mp4"))
+    args.audio = args.audio or args.video
+
+
 def synthetic_talking_video(path, seconds=8.0, width=1280, height=720, face_px=360):
     """A deterministic talking-face clip with its audio, at the size of typical footage: the demo
     set's face (a real photograph with a mouth that opens with the synthetic speech) on a blurred

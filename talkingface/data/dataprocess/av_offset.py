@@ -45,7 +45,7 @@ from talkingface.utils.audio import SAMPLES_PER_FRAME, melspectrogram, save_wav
 from talkingface.utils.checkpoint import load_checkpoint_file, stage_checkpoint
 from talkingface.utils.errors import CheckpointError
 from talkingface.utils.files import write_atomic, write_json_atomic
-from talkingface.utils.fingerprint import checkpoint_fingerprint
+from talkingface.utils.fingerprint import checkpoint_fingerprint, file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -73,11 +73,17 @@ def offset_mode(config):
     return "off" if mode is False or mode == "off" else mode
 
 
+_ACCURACIES = {}  # checkpoint sha256 -> accuracy: each staleness check asks, the file is read once
+
+
 def expert_accuracy(path):
     """The validation accuracy a SyncNet checkpoint of ours records, or None."""
-    validation = load_checkpoint_file(path).get("validation")
-    accuracy = validation.get("accuracy") if isinstance(validation, dict) else None
-    return float(accuracy) if accuracy is not None else None
+    key = file_sha256(path)
+    if key not in _ACCURACIES:
+        validation = load_checkpoint_file(path).get("validation")
+        accuracy = validation.get("accuracy") if isinstance(validation, dict) else None
+        _ACCURACIES[key] = float(accuracy) if accuracy is not None else None
+    return _ACCURACIES[key]
 
 
 class OffsetDetector:
