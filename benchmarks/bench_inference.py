@@ -21,7 +21,10 @@ hr_mesh, hr_decoder, paste, encode, avatar_cache, wait); stages in the reader an
 overlap the main thread's, so they may add up to more than wall_ms_per_frame.
 --avatar-cache also runs each mode with avatar_cache=refresh (the first run: the avatar is built)
 and then avatar_cache=on with another audio of the same length (the warm run), and reports
-warm_speedup = warm frames_per_s / first-run (cache off) frames_per_s, and the same for CPU time.
+warm_speedup = warm frames_per_s / first-run (cache off) frames_per_s, and the same for CPU time, and
+second_dub_speedup = warm / the run that built the avatar (both with the cache on: dubbing one video
+twice). The warm run skips what the video's frames alone decide, so its gain grows with the video's
+share of the work: use a --video as long as the audio to see a dub of the whole video.
 --int8 also runs each mode with infer_int8=true (talkingface/inference/int8.py; quantizing at load
 time is counted) and reports int8_speedup the same way.
 --backend also runs each mode with infer_backend=<engine> (talkingface/inference/engine.py; the
@@ -164,12 +167,15 @@ def main():
                     "frames_per_s": round(engine["frames_per_s"] / first["frames_per_s"], 2),
                     "cpu_ms_per_frame": round(first["cpu_ms_per_frame"] / engine["cpu_ms_per_frame"], 2)}
             if args.avatar_cache:
-                results.append(run_child(args, mode, args.seconds, tmp, "refresh"))
+                build = run_child(args, mode, args.seconds, tmp, "refresh")
                 warm = run_child(args, mode, args.seconds, tmp, "on")
-                results.append(warm)
+                results += [build, warm]
                 report.setdefault("warm_speedup", {})[first["mode"]] = {
                     "frames_per_s": round(warm["frames_per_s"] / first["frames_per_s"], 2),
                     "cpu_ms_per_frame": round(first["cpu_ms_per_frame"] / warm["cpu_ms_per_frame"], 2)}
+                report.setdefault("second_dub_speedup", {})[first["mode"]] = {
+                    "frames_per_s": round(warm["frames_per_s"] / build["frames_per_s"], 2),
+                    "cpu_ms_per_frame": round(build["cpu_ms_per_frame"] / warm["cpu_ms_per_frame"], 2)}
         if args.memory_check:
             short = run_child(args, "base", 5, tmp)
             long = run_child(args, "base", 20, tmp)

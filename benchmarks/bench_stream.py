@@ -14,7 +14,7 @@ Reported per run:
 - frames_per_s: frames emitted before close() / seconds from the first audio to the last of them;
   real time is 25;
 - latency_ms p50/p95/max: per frame, from the arrival of the chunk holding the last sample the frame
-  needs (stream.samples_needed) to the frame's emission;
+  needs (utils.audio.samples_needed) to the frame's emission;
 - backlog_frames: frames whose audio had arrived but were not emitted yet, averaged over the first
   and the last third of the run (growth = last - first; > 0: falling behind real time) and its max;
 - frames_after_audio_end: the frames close() returned (their mel windows reach past the last sample);
@@ -55,7 +55,7 @@ def child(args):
     from talkingface.config import Config
     from talkingface.inference.pipeline import LipSyncer
     from talkingface.inference.profile import StageProfiler
-    from talkingface.inference.stream import samples_needed
+    from talkingface.utils.audio import samples_needed
     from talkingface.model import build_network
     from talkingface.utils.audio import load_audio, n_video_frames_for_audio
     from talkingface.utils.checkpoint import save_checkpoint_file

@@ -12,7 +12,7 @@ audio from its time on (stream.py's timing: frame k of a stream at sample 640 k)
 timestamp `sample` is that time counted in samples received; the audio sent back with the frames
 (audio()) carries the same count, so audio and video cannot drift apart. Latency of a frame: the
 audio received after its time when it leaves (get()); at least the up to 0.2125 s of audio the
-model hears after a frame's time (stream.samples_needed), plus its render.
+model hears after a frame's time (utils.audio.samples_needed), plus its render.
 
 A machine slower than real time: audio arriving while a frame renders waits, and the audio is
 given to the stream one frame (640 samples) at a time. When the next frame is already later than
@@ -38,15 +38,12 @@ import time
 
 import numpy as np
 
-from talkingface.inference.stream import samples_needed
-from talkingface.utils.audio import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME, as_mono_16k
+from talkingface.utils.audio import (LEAST_LIVE_LATENCY_MS, LOOKAHEAD_SAMPLES, SAMPLE_RATE, SAMPLES_PER_FRAME,
+                                     as_mono_16k)
 from talkingface.utils.errors import ConfigError, TalkingFaceError
 
 logger = logging.getLogger(__name__)
 
-# Frame k is ready once stream.samples_needed(k) samples are in: at most 3400 (0.2125 s) after its
-# own time (640 k). The least latency a live frame can have, before it is rendered.
-LOOKAHEAD_SAMPLES = max(samples_needed(k) - k * SAMPLES_PER_FRAME for k in range(FPS))
 THREAD_PREFIX = "live-"
 LIVE_STREAM_SETTINGS = {"infer_batch_size": 1, "avatar_cache": "on"}  # lowest latency; a prepared avatar
 ECHO_KEPT_S = 10          # received audio kept for the echo at most this long
@@ -65,11 +62,11 @@ class LiveFrame:
 
 
 def check_max_latency(max_latency_ms):
-    least = -(-1000 * (LOOKAHEAD_SAMPLES + 2 * SAMPLES_PER_FRAME) // SAMPLE_RATE)
-    if float(max_latency_ms) < least:
-        raise ConfigError(f"live_max_latency_ms must be at least {least} (a frame needs up to 0.2125 s of audio "
-                          f"after its time, and two frames more: the one arriving, the one rendering), "
-                          f"got {max_latency_ms}")
+    """A latency bound sent by a client (the config's is checked by the schema, with the same least)."""
+    if float(max_latency_ms) < LEAST_LIVE_LATENCY_MS:
+        raise ConfigError(f"live_max_latency_ms must be at least {LEAST_LIVE_LATENCY_MS} (a frame needs up to "
+                          f"0.2125 s of audio after its time, and two frames more: the one arriving, the one "
+                          f"rendering), got {max_latency_ms}")
     return float(max_latency_ms)
 
 

@@ -11,7 +11,7 @@ import math
 import os
 import reprlib
 
-from talkingface.utils.audio import FPS, SAMPLE_RATE, SYNCNET_T
+from talkingface.utils.audio import FPS, LEAST_LIVE_LATENCY_MS, SAMPLE_RATE, SYNCNET_T
 from talkingface.utils.errors import ConfigError, finite_number
 
 MODES = ("train", "evaluate", "preprocess", "infer", "app", "stream", "export")
@@ -319,6 +319,7 @@ SPECS = {
     "reference_frame": Choice("first", "same", "half_clip"),
     "infer_mask_feather": Float(0, 1),
     "infer_landmark_window": _POSITIVE,
+    "infer_detect_every": Int(1, 25),
     "infer_bf16": Choice(*_AUTO_BOOL),
     "infer_backend": Choice("torch", "onnxruntime", "openvino"),
     "infer_frame_cache_mb": Int(0, _CACHE_MB.high),  # 0: no cache
@@ -338,7 +339,7 @@ SPECS = {
     "app_concurrency": Int(1, _WORKERS.high),  # generations at once, each a worker
     "app_allow_paths": Choice(*_AUTO_BOOL),
     "app_live": Choice(*_AUTO_BOOL),
-    "live_max_latency_ms": Int(293, 60000),
+    "live_max_latency_ms": Int(LEAST_LIVE_LATENCY_MS, 60000),
     # models
     "learning_rate": _RATE,
     "disc_learning_rate": _RATE,

@@ -1,5 +1,6 @@
-"""The last stage: rendered frames to the encoder (or to memory), with the decoding ahead in a
-thread and the encoding behind in another, each through a queue of at most two batches.
+"""The last stage: rendered frames to the encoder (or to memory), with the decoding (and the face
+meshes of the source crops) ahead in a thread and the encoding behind in another, each through a
+queue of at most two batches.
 
 `write_frames(source, renderer, n_out, batch_size, writer)` runs decode (thread) -> render
 (this thread) -> encode (thread); `muxed_audio` is the audio file the output video carries.
@@ -15,54 +16,9 @@ from talkingface.inference.profile import OFF
 from talkingface.utils.audio import save_wav
 from talkingface.utils.distributed import is_main_process
 from talkingface.utils.files import remove_stale_temp_files, temp_name
+from talkingface.utils.prefetch import Prefetcher
 
 _DONE = object()
-
-
-class _Failure:
-    def __init__(self, exc):
-        self.exc = exc
-
-
-class Prefetcher:
-    """Iterates `iterable` in a daemon thread, at most `depth` items ahead of the consumer."""
-
-    def __init__(self, iterable, depth=2):
-        self._queue = queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(iterable,), daemon=True)
-        self._thread.start()
-
-    def _put(self, item):
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                pass
-        return False
-
-    def _run(self, iterable):
-        try:
-            for item in iterable:
-                if not self._put(item):
-                    return
-            self._put(_DONE)
-        except BaseException as exc:  # handed to the consumer
-            self._put(_Failure(exc))
-
-    def __iter__(self):
-        while True:
-            item = self._queue.get()
-            if item is _DONE:
-                return
-            if isinstance(item, _Failure):
-                raise item.exc
-            yield item
-
-    def close(self):
-        self._stop.set()
-        self._thread.join()
 
 
 class BackgroundWriter:
@@ -163,16 +119,19 @@ def muxed_audio(audio, wav, output):
 
 
 def write_frames(source, renderer, n_out, batch_size, writer, progress=None, profiler=OFF):
-    """Decode (thread) -> render batches (this thread) -> encode (thread), with bounded queues."""
+    """Decode and face meshes (thread) -> render batches (this thread) -> encode (thread), with bounded
+    queues."""
 
     def batches():
         batch = []
         for k, (src, frame) in enumerate(profiler.timed_iter(source.play(n_out), "decode")):
             batch.append((k, src, frame))
             if len(batch) == batch_size:
+                renderer.mesh_ahead(batch)  # the face meshes overlap the networks of the batch before
                 yield batch
                 batch = []
         if batch:
+            renderer.mesh_ahead(batch)
             yield batch
 
     reader = Prefetcher(batches(), depth=2)

@@ -18,7 +18,7 @@ from talkingface.inference.avatar import AvatarCache, AvatarStore, cache_key
 from talkingface.inference.profile import OFF
 from talkingface.inference.render import ENCODER_BATCH, LipSyncRenderer
 from talkingface.inference.source import FrameSource
-from talkingface.inference.tracking import track_source
+from talkingface.inference.tracking import detect_every, track_source
 from talkingface.utils.fingerprint import file_sha256
 from talkingface.utils.tracking import TRACKER_KEYS
 
@@ -41,7 +41,8 @@ def avatar_settings(base_digest, settings):
     # and only its version is read here
     import mediapipe
 
-    return {"tracker": {key: settings[key] for key in TRACKER_KEYS}, "feather": settings["infer_mask_feather"],
+    return {"tracker": {key: settings[key] for key in TRACKER_KEYS}, "detect_every": detect_every(settings),
+            "feather": settings["infer_mask_feather"],
             "reference": settings.reference, "base_weights": base_digest, "bf16": bool(settings.bf16),
             "device": settings.device.type, "encoder_batch": ENCODER_BATCH, "torch": torch.__version__,
             "mediapipe": mediapipe.__version__, "opencv": cv2.__version__}

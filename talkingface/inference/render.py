@@ -110,6 +110,9 @@ class LipSyncRenderer:
         self.last_source_landmarks, self.source_misses = None, 0
         self.store = store
         self.profiler = profiler
+        # mesh_ahead's results by source frame, in the order prepare() takes them
+        self._ahead = {}
+        self._ahead_seen = set()  # source frames mesh_ahead has meshed (with a store: once each)
         self.reference = None  # 128 px crop of the first face: the reference of policy "first"
         self.reference_policy, self.frame_at = reference, frame_at
         self.mesh_misses = 0
@@ -127,7 +130,8 @@ class LipSyncRenderer:
 
     # ------------------------------------------------------------------ per source frame
     def _source_face(self, source_index, frame):
-        """(int box, 128 px crop, paste mask at 128 px, crop landmarks at 128 px or None)."""
+        """(int box, 128 px crop, paste mask at 128 px, crop landmarks at 128 px or None); the first
+        one is also the reference of reference_frame=first."""
         box = box_to_int(self.boxes[source_index], self.width, self.height)
         crop = crop_resize(frame, box, BASE_SIZE)
         landmarks = self.source_mesh.landmarks(crop)
@@ -141,8 +145,29 @@ class LipSyncRenderer:
         else:
             self.source_misses = 0
             self.last_source_landmarks = landmarks
+        if self.reference is None:  # reference_frame=first: the first face crop
+            self.reference = crop.copy()
         # The mask is built at 128 px (cheap at any video size) and resized to the box when pasted.
         return box, crop, mouth_mask(landmarks, BASE_SIZE, BASE_SIZE, self.feather), landmarks
+
+    def mesh_ahead(self, items):
+        """The face-mesh part of prepare() (crops, meshes, masks) for the next batch render() gets,
+        run in the decoding thread so that it overlaps the networks of the batch before. Called
+        with every batch, in render()'s order, it meshes exactly the frames render() would, in the
+        same order: the results are the same bits as without it."""
+        if not self._faces(items, self._weights(items)):
+            return  # render() prepares nothing for this batch
+        batch = set()
+        for _, src, frame in items:
+            if src in batch or not np.isfinite(self.boxes[src]).all():
+                continue
+            batch.add(src)
+            # with a store, a frame meshed once (in an earlier batch) is read from it
+            if self.store is not None and (src in self._ahead_seen or self.store.ready(src)):
+                continue
+            self._ahead_seen.add(src)
+            with self.profiler.stage("mesh_masks"):
+                self._ahead.setdefault(src, collections.deque()).append(self._source_face(src, frame))
 
     # ------------------------------------------------------------------ networks
     def _references(self, crops, source_indices):
@@ -181,10 +206,14 @@ class LipSyncRenderer:
             if self.store is not None and self.store.ready(src):
                 records[src] = self.store.get(src)
                 continue
-            with self.profiler.stage("mesh_masks"):
-                box, crop, mask, landmarks = self._source_face(src, frame)
-                if self.reference is None:
-                    self.reference = crop.copy()
+            ahead = self._ahead.get(src)
+            if ahead:
+                box, crop, mask, landmarks = ahead.popleft()
+                if not ahead:
+                    del self._ahead[src]
+            else:
+                with self.profiler.stage("mesh_masks"):
+                    box, crop, mask, landmarks = self._source_face(src, frame)
             records[src] = FaceRecord(box, crop, None, mask, landmarks)
             todo.append(src)
         if not todo:
@@ -270,6 +299,20 @@ class LipSyncRenderer:
         return np.stack([decoder_input(image, sketch) for image, sketch in zip(generated, sketches)])
 
     # ------------------------------------------------------------------ a batch
+    def _weights(self, items, weights=None):
+        """The items' paste weights (render()), or None when every one is 1."""
+        if weights is None and self.weights is not None:
+            weights = [float(self.weights[k]) for k, _, _ in items]
+        if self.face_weights is not None:
+            weights = [(1.0 if weights is None else float(weights[i])) * float(self.face_weights[src])
+                       for i, (_, src, _) in enumerate(items)]
+        return weights
+
+    def _faces(self, items, weights):
+        """Indices of the items that get a generated face: a face box and a weight above 0."""
+        return [k for k, (_, src, _) in enumerate(items) if np.isfinite(self.boxes[src]).all()
+                and (weights is None or weights[k] > 0)]
+
     @torch.inference_mode()
     def render(self, items, mel_chunks=None, weights=None):
         """items: list of (output_index, source_index, frame) -> the frames, lip-synced in place;
@@ -277,13 +320,8 @@ class LipSyncRenderer:
         silence_mode=source weights when not taken from self.weights (0: the frame is left as it
         is, between 0 and 1: the pasted frame blended with the source frame); they are multiplied
         by the face-gap crossfade's weights (self.face_weights, by source frame)."""
-        if weights is None and self.weights is not None:
-            weights = [float(self.weights[k]) for k, _, _ in items]
-        if self.face_weights is not None:
-            weights = [(1.0 if weights is None else float(weights[i])) * float(self.face_weights[src])
-                       for i, (_, src, _) in enumerate(items)]
-        faces = [k for k, (_, src, _) in enumerate(items) if np.isfinite(self.boxes[src]).all()
-                 and (weights is None or weights[k] > 0)]
+        weights = self._weights(items, weights)
+        faces = self._faces(items, weights)
         if not faces:
             return [frame for _, _, frame in items]
         # every frame with a face is prepared (the reference and mesh state as with generate)

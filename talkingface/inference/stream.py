@@ -15,7 +15,8 @@ When a frame is ready. Output frame k shows mel columns s..s+15 with s = int(80 
 (utils.audio.mel_chunk). Mel column j is the STFT frame centred on sample 200 j (window 800,
 centred, so it covers samples 200 j - 400 .. 200 j + 399; pre-emphasis reaches one sample further
 back): it is final once samples_needed = 200 (j + 2) have arrived. So frame k needs
-    samples_needed(k) = 200 * (int(80 k / 25) + 17) samples = k/25 s + 0.17 s (+ < 12.5 ms),
+    samples_needed(k) = 200 * (int(80 k / 25) + 17) samples = k/25 s + 0.17 s (+ < 12.5 ms)
+(utils.audio.samples_needed),
 and is emitted by the push() that completes them. Frames are rendered in the groups of
 infer_batch_size (0..b-1, b..2b-1, ...) that batch inference uses, so a group leaves when its last
 frame's audio is there: infer_batch_size=1 gives the lowest latency. At close() the audio's
@@ -57,11 +58,6 @@ _LEFT = WIN_SIZE // 2 + HOP_SIZE
 # when a stream fell behind) holds only this many frames at a time.
 MEL_SLICE_COLUMNS = 800
 _PLAY_FOREVER = sys.maxsize  # the avatar loops until the audio ends
-
-
-def samples_needed(k):
-    """Samples of audio that output frame k needs before it can be generated (see module doc)."""
-    return HOP_SIZE * (mel_start(k) + MEL_CHUNK_LENGTH - 1 + 2)
 
 
 def check_stream_settings(settings, video):

@@ -294,6 +294,20 @@ def mel_chunk(mel: np.ndarray, frame: int, fps: float = FPS,
     return mel[:, start:start + length]
 
 
+def samples_needed(frame: int) -> int:
+    """Samples of audio that output frame `frame` needs before it can be generated while the audio
+    is still arriving: its last mel column j = mel_start + 15 is final once 200 (j + 2) samples are
+    in (the centred 800-sample window, and pre-emphasis one sample further back)."""
+    return HOP_SIZE * (mel_start(frame) + MEL_CHUNK_LENGTH - 1 + 2)
+
+
+# The most audio a frame needs after its own time (frame * 640 samples): 3400 samples, 0.2125 s.
+LOOKAHEAD_SAMPLES = max(samples_needed(k) - k * SAMPLES_PER_FRAME for k in range(FPS))
+# The least latency a live frame can have (ms, 293): its lookahead and two frames more, the one
+# arriving and the one rendering.
+LEAST_LIVE_LATENCY_MS = -(-1000 * (LOOKAHEAD_SAMPLES + 2 * SAMPLES_PER_FRAME) // SAMPLE_RATE)
+
+
 def frame_mel_chunks(mel: np.ndarray, n_frames: int, fps: float = FPS,
                      length: int = MEL_CHUNK_LENGTH) -> np.ndarray:
     """Per-frame mel chunks for frames 0..n_frames-1: float32 (n_frames, 80, length)."""

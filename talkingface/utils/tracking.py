@@ -68,6 +68,10 @@ class FacePicker:
         self.frame = -1              # index of the frame being picked from
         self.frames_with_several = 0  # frames where more than one face was found
 
+    def would_pick(self, detections):
+        """Whether a call with these detections picks a face (no state changes)."""
+        return any(min(d[2] - d[0], d[3] - d[1]) >= self.min_face for d in detections)
+
     def __call__(self, detections):
         self.frame += 1
         detections = [d for d in detections if min(d[2] - d[0], d[3] - d[1]) >= self.min_face]
@@ -117,6 +121,7 @@ class FaceTracker:
         self.runs = []           # (start, stop) of each finished run of frames with a box
         self.n_frames = 0        # frames pushed
         self.n_found = 0         # frames where a face was detected
+        self.n_skipped = 0       # frames not looked at (skip())
         self._emitted = 0        # frames before this index are out
         self._run_start = None   # first frame of the open run
         self._last_found = None  # (index, padded box) of the open run's last detection
@@ -140,6 +145,13 @@ class FaceTracker:
         chosen = self.picker(detections)
         return self.push_box(None if chosen is None else
                              pad_box(chosen, bottom=self.pad_bottom, width=self.width, height=self.height))
+
+    def skip(self):
+        """As push, for a frame the detector did not look at (track_faces' detect_every): a gap in
+        the open run, filled when the next frame with a face follows within max_gap."""
+        self.picker.frame += 1
+        self.n_skipped += 1
+        return self.push_box(None)
 
     def push_box(self, box):
         """As push, for a frame whose face is already chosen and padded (None: no face)."""
@@ -233,22 +245,45 @@ def finalize_boxes(raw, max_gap=5, window=5):
 
 
 def track_faces(frames, width, height, pad_bottom=10, max_gap=5, window=5, total=None, detect_max_side=640,
-                min_face=24, continuity_iou=0.3):
+                min_face=24, continuity_iou=0.3, detect_every=1):
     """Boxes (n, 4) float32 for a stream of BGR frames (NaN rows: no face, pass through): the
     FaceTracker's boxes of the whole video.
 
     Each frame's chosen detection is padded by `pad_bottom` px at the bottom (the official
     HyperLips padding, which keeps the chin) and clipped to the frame, then gaps are filled and
-    runs smoothed.
+    runs smoothed. detect_every > 1 (inference: face_detect_every) runs the detector on every
+    detect_every-th frame and on the last one, and interpolates the boxes of the frames between
+    two found faces as the tracker fills a gap; a frame without a face makes the skipped frames
+    before it and every frame after it, until a face is found again, detected as with
+    detect_every=1, so runs start and end where they would.
     """
     tracker = FaceTracker(width, height, pad_bottom=pad_bottom, max_gap=max_gap, window=window,
                           min_face=min_face, continuity_iou=continuity_iou)
     boxes = []
     detector = FaceDetector(max_side=detect_max_side)
+    skipped = []  # frames since the last detection, not looked at yet
+
+    def detect(frame, before):
+        """Push the frames `before` (skipped: interpolated if `frame` has a face, else detected), then `frame`."""
+        detections = detector.detect(frame)
+        found = tracker.picker.would_pick(detections)
+        for earlier in before:
+            boxes.extend(box for _, box in (tracker.skip() if found else tracker.push(detector.detect(earlier))))
+        boxes.extend(box for _, box in tracker.push(detections))
+        return found
+
     try:
+        found, since = True, detect_every  # frames since the last detection (the first frame is detected)
         for frame in tqdm(frames, total=total, desc="face tracking", unit="frame", leave=False,
                           disable=not is_main_process()):
-            boxes += [box for _, box in tracker.push(detector.detect(frame))]
+            if found and since < detect_every:
+                since += 1
+                skipped.append(frame)
+                continue
+            found, since = detect(frame, skipped), 1
+            skipped = []
+        if skipped:  # the last frame is always detected: a run ends at its last detection
+            detect(skipped[-1], skipped[:-1])
     finally:
         detector.close()
     boxes += [box for _, box in tracker.finish()]
@@ -258,7 +293,8 @@ def track_faces(frames, width, height, pad_bottom=10, max_gap=5, window=5, total
         logger.info("several faces were found in %d of %d frames", tracker.frames_with_several, len(boxes))
     if not tracker.n_found:
         raise InputError(NO_FACE)
-    if tracker.n_found < len(boxes):
-        logger.info("a face was found in %d of %d frames; frames without one pass through unchanged "
-                    "(short gaps are interpolated)", tracker.n_found, len(boxes))
+    looked_at = len(boxes) - tracker.n_skipped
+    if tracker.n_found < looked_at:
+        logger.info("a face was found in %d of %d frames looked at; frames without one pass through unchanged "
+                    "(short gaps are interpolated)", tracker.n_found, looked_at)
     return np.stack(boxes)

@@ -8,9 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from talkingface.inference.stream import samples_needed
 from talkingface.live import THREAD_PREFIX, LiveSession, check_max_latency
-from talkingface.utils.audio import n_video_frames_for_audio
+from talkingface.utils.audio import n_video_frames_for_audio, samples_needed
 from talkingface.utils.errors import ConfigError, InputError
 
 

@@ -109,3 +109,52 @@ def test_detections_are_picked_and_padded_as_the_tracker_settings_say():
     small, face = (150.0, 10.0, 160.0, 18.0, 0.95), (40.0, 30.0, 140.0, 190.0, 0.9)
     [(index, box)] = tracker.push([small, face])  # the 10 px "face" is dropped
     assert index == 0 and box.tolist() == [40, 30, 140, 195]  # 10 px lower, clipped to the frame
+
+
+class ScriptedDetector:
+    """A FaceDetector whose frames are their own index: detect(k) gives the face of frame k of
+    `faces` (None: no face), and each call is recorded."""
+
+    def __init__(self, faces):
+        self.faces, self.calls = faces, []
+
+    def __call__(self, max_side=640):
+        return self
+
+    def detect(self, frame):
+        self.calls.append(frame)
+        box = self.faces[frame]
+        return [] if box is None else [(*box, 0.9)]
+
+    def close(self):
+        pass
+
+
+def track_scripted(monkeypatch, faces, every):
+    from talkingface.utils import tracking
+    detector = ScriptedDetector(faces)
+    monkeypatch.setattr(tracking, "FaceDetector", detector)
+    boxes = tracking.track_faces(iter(range(len(faces))), 1280, 720, detect_every=every)
+    return boxes, detector.calls
+
+
+def test_detecting_every_third_frame_interpolates_between_found_faces(monkeypatch):
+    rng = np.random.default_rng(3)
+    # a face drifting as in video, gone at frames 10-11 (filled) and 20-27 (too long: pass through)
+    centre = np.cumsum(rng.normal(0, 2, (40, 2)), axis=0) + (640, 360)
+    faces = [(x - 100, y - 120, x + 100, y + 120) for x, y in centre]
+    for k in (10, 11, *range(20, 28)):
+        faces[k] = None
+    every_frame, calls = track_scripted(monkeypatch, faces, 1)
+    assert calls == list(range(40))
+    strided, calls = track_scripted(monkeypatch, faces, 3)
+
+    # every 3rd frame; frames 10-11 lie between two found faces (12 is found): interpolated, as a
+    # short gap is; at the miss at 21 the skipped 19-20 and each frame up to the face at 28 are
+    # detected; the last frame always is
+    assert calls == [0, 3, 6, 9, 12, 15, 18, 21, 19, 20, 22, 23, 24, 25, 26, 27, 28, 31, 34, 37, 39]
+    # the same frames have a face; the interpolated boxes stay within the drift of 2 frames
+    assert np.array_equal(np.isnan(strided), np.isnan(every_frame))
+    found = ~np.isnan(every_frame[:, 0])
+    assert np.abs(strided[found] - every_frame[found]).max() < 6
+    assert not np.array_equal(strided, every_frame)  # frames 1, 2, 4, ... were interpolated
