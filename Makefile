@@ -41,9 +41,10 @@ app: $(STAMP)
 	$(PY) run_talkingface.py --mode=app $(APP_ARGS)
 
 # Two pytest workers, one test file each at a time (so a file's fixtures are built once): every
-# test holds torch to one thread, so two run side by side on two cores.
+# test holds torch to one thread, so two run side by side on two cores. Files start in collection
+# order (--no-loadscope-reorder), which tests/conftest.py sorts longest first.
 TEST_WORKERS ?= 2
-PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # tests/unit mirrors the package (seconds each); tests/integration runs the CLI, resume, DDP, the app
 # and the real clips. The long integration files go first, so the short unit files fill the end.

@@ -16,6 +16,17 @@ keep_freed_memory()  # as the entry points do
 SAMPLES_DIR = REPO_ROOT.parent / "shared" / "data" / "hyperlips_samples"
 
 
+# The files that take longest start first, so that the workers (--dist loadfile: a file per worker
+# at a time) finish together instead of one running the last long file alone.
+LONGEST_FIRST = ("test_own_expert_offsets.py", "test_gpu_check.py", "test_train_base.py", "test_train_ddp.py",
+                 "test_evaluate_sharded.py", "test_train_resume.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
 @pytest.fixture(scope="session")
 def samples_dir():
     """The real 720p sample clips beside the checkout; the test is skipped when they are absent."""

@@ -1,5 +1,7 @@
-"""`python tests/interrupted_run.py --model=... [--key=value ...]`: run_talkingface.py in a
-subprocess of the interrupted-run tests. With PAUSE_AFTER_CHECKPOINT=k in the environment the run
+"""`python tests/interrupted_run.py --model=... [--key=value ...]`: run_talkingface.py with the
+reduced-width networks of tests/narrow_networks.py, for the plumbing tests' child processes (the
+interrupted-run tests, and the ranks of the torchrun tests): a narrow step and checkpoint take a
+fraction of the official ones' time. With PAUSE_AFTER_CHECKPOINT=k in the environment the run
 stops moving right after checkpoint k is written, so that the test can kill -9 it exactly there."""
 import os
 import sys
@@ -7,7 +9,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import narrow_networks  # noqa: E402
 from talkingface.trainer.trainer import Trainer  # noqa: E402
+
+narrow_networks.install()
 
 PAUSE_AT = int(os.environ.get("PAUSE_AFTER_CHECKPOINT", "0"))
 

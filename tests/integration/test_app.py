@@ -101,8 +101,9 @@ def demo_media(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(random_base_checkpoint, tmp_path_factory):
     """The app as a user starts it, on checkpoints/demo/HyperLipsBase/ (random weights), in a
-    process of its own; stopped with SIGTERM at the end."""
-    _browser()
+    process of its own. Stopped with SIGTERM at the end, after every test of the module used it: it
+    must exit with 143 and "terminated: the app stopped ..." as its last line (checked here, so that
+    no second app process is started just for that)."""
     root = random_base_checkpoint["root"]
     port = _free_port()
     log = open(tmp_path_factory.mktemp("app_log") / "app.log", "w+")
@@ -259,15 +260,20 @@ def _save_small_png(browser, path):
 
 
 @pytest.mark.slow
-def test_a_taken_port_is_a_one_line_error(server):
-    taken = subprocess.run([sys.executable, os.path.join(REPO, "run_talkingface.py"), "--mode=app", "--dataset=demo",
-                            f"--port={server['port']}", "--device=cpu",
-                            f"--checkpoint_root={server['root'] / 'checkpoints'}",
-                            f"--results_root={server['root'] / 'results'}"],
-                           cwd=server["root"], capture_output=True, text=True, timeout=WAIT)
-    assert taken.returncode == 2
-    assert taken.stderr.strip().splitlines()[-1].startswith(f"error: cannot serve on 127.0.0.1:{server['port']}: "
-                                                            "the port is taken")
+def test_a_taken_port_is_a_one_line_error(server, monkeypatch, capsys):
+    """run_talkingface.main in this process (a second app process would cost seconds of imports)."""
+    import run_talkingface
+    from talkingface.app import OFFLINE_ENV
+
+    for key in (*OFFLINE_ENV, "GRADIO_TEMP_DIR"):  # the app sets them: put them back afterwards
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.chdir(server["root"])
+    code = run_talkingface.main(["--mode=app", "--dataset=demo", f"--port={server['port']}", "--device=cpu",
+                                 f"--checkpoint_root={server['root'] / 'checkpoints'}",
+                                 f"--results_root={server['root'] / 'results'}"])
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
+        f"error: cannot serve on 127.0.0.1:{server['port']}: the port is taken")
 
 
 def test_without_a_checkpoint_the_app_says_what_to_train(workdir, capsys):
@@ -446,32 +452,6 @@ def test_inputs_are_read_from_the_upload_folder_only(tmp_path):
                                (os.path.join(app.upload_dir, "..", "..", "secret.wav"), link, "secret.wav")):
         status = app.generate(video, None, False, audio, None, "", "", 4, "auto")[1]
         assert status == f"error: {name} was not uploaded through this page: upload it again"
-
-
-@pytest.mark.slow
-def test_sigterm_stops_the_app_with_a_terminated_line_and_143(random_base_checkpoint, free_port):
-    root = random_base_checkpoint["root"]
-    proc = subprocess.Popen([sys.executable, os.path.join(REPO, "run_talkingface.py"), "--mode=app",
-                             "--dataset=demo", f"--port={free_port}", "--device=cpu",
-                             f"--checkpoint_root={root / 'checkpoints'}", f"--results_root={root / 'results'}"],
-                            cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + WAIT
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{free_port}/", timeout=10).read()
-                break
-            except OSError:
-                assert proc.poll() is None and time.time() < deadline, proc.communicate(timeout=WAIT)
-                time.sleep(0.5)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=WAIT)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 143, err
-    assert err.strip().splitlines()[-1].startswith("terminated: the app stopped"), err
 
 
 @pytest.fixture(scope="module")

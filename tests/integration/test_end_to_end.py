@@ -1,17 +1,20 @@
-"""The README's main job in miniature: demo data -> SyncNet -> Base -> HR -> infer, via the CLI."""
+"""The README's main job in miniature: demo data -> SyncNet -> Base -> HR -> infer, via the CLI,
+with reduced-width networks (tests/narrow_networks.py): the chain is plumbing."""
 import json
 import math
 import os
 
 import pytest
 
+import narrow_networks
 from run_talkingface import main
 from talkingface.utils.checkpoint import latest_checkpoint
 from talkingface.utils.video import probe_video
 
-# Small everything: 4 clips of 1 s (25 frames), a couple of steps per stage.
+# Small everything: 4 clips of 1 s (25 frames), a couple of steps per stage, preprocessing in this
+# process (no pool start-up), no sample videos.
 TINY = ["--dataset=demo", "--device=cpu", "--demo_num_clips=4", "--demo_clip_seconds=1.0", "--num_workers=0",
-        "--eval_max_frames=12", "--eval_num_sample_videos=1", "--max_val_batches=1"]
+        "--num_preprocess_workers=1", "--eval_max_frames=6", "--eval_num_sample_videos=0", "--max_val_batches=1"]
 
 
 def stage(model, *extra):
@@ -19,7 +22,8 @@ def stage(model, *extra):
 
 
 @pytest.mark.slow
-def test_every_stage_chains_by_default_paths(workdir):
+def test_every_stage_chains_by_default_paths(workdir, monkeypatch):
+    narrow_networks.install(monkeypatch)
     # Base before its expert: a one-line error naming the command to run first
     assert stage("HyperLipsBase", "--max_steps=1") == 2
 

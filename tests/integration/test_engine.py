@@ -2,6 +2,7 @@
 the ONNX graphs match torch, a run on onnxruntime matches torch fp32, int8 keeps 40 dB, and a
 missing engine is one line and torch. Random-init weights (the random_base_checkpoint fixture)."""
 import logging
+import os
 import sys
 
 import numpy as np
@@ -33,6 +34,23 @@ def cache(networks, random_base_checkpoint, tmp_path_factory):
     folder = tmp_path_factory.mktemp("engines")
     paths = cached_graphs("base", networks[0], random_base_checkpoint["path"], str(folder))
     return {"folder": folder, "paths": paths}
+
+
+@pytest.fixture(scope="module")
+def int8_generator(networks, cache):
+    """The int8 generator graph as a run with infer_int8 on onnxruntime makes it (int8.int8_network:
+    quantized from the cached fp32 graph, calibrated on calibration_batches' defaults), written once
+    beside the cached fp32 graphs, where the pipeline test's run finds it instead of quantizing again."""
+    pytest.importorskip("onnx")
+    from types import SimpleNamespace
+
+    from talkingface.inference.engine import backend_of
+    from talkingface.inference.int8 import int8_network
+    engine = int8_network(SimpleNamespace(network=networks[0], graph_paths=cache["paths"]), None)
+    assert backend_of(engine) == "onnxruntime"
+    path = os.path.join(os.path.dirname(cache["paths"]["generator"]), "generator_int8.onnx")
+    assert os.path.isfile(path)
+    return path
 
 
 def _config(make_config, checkpoint, cache_folder, **overrides):
@@ -101,29 +119,25 @@ def test_missing_engine_is_one_line_and_torch(make_config, random_base_checkpoin
 
 
 @slow
-def test_int8_generator_keeps_40_db(networks, cache, tmp_path):
-    pytest.importorskip("onnx")
-    from talkingface.inference.int8 import calibration_batches, generator_feeds, quantize_generator
+def test_int8_generator_keeps_40_db(networks, int8_generator):
+    from talkingface.inference.int8 import calibration_batches, generator_feeds
     from talkingface.model.inputs import to_uint8_images
     base = networks[0]
-    batches = calibration_batches(base, n_batches=3, batch_size=4)
-    int8_path = str(tmp_path / "generator_int8.onnx")
-    quantize_generator(cache["paths"]["generator"], int8_path, batches[:2])
     import onnx
-    ops = {node.op_type for node in onnx.load(int8_path).graph.node}
+    ops = {node.op_type for node in onnx.load(int8_generator).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
-    feed = generator_feeds(batches[2:])[0]  # held out from the calibration
-    session = ort.InferenceSession(int8_path, providers=["CPUExecutionProvider"])
+    held_out = calibration_batches(base, n_batches=3, batch_size=8)[2:]  # frames 16..23: not calibrated on
+    feed = generator_feeds(held_out)[0]
+    session = ort.InferenceSession(int8_generator, providers=["CPUExecutionProvider"])
     int8 = to_uint8_images(torch.from_numpy(session.run(None, feed)[0]))
     with torch.inference_mode():
-        fp32 = to_uint8_images(base.generate(*batches[2][:2], batches[2][2]))
+        fp32 = to_uint8_images(base.generate(*held_out[0][:2], held_out[0][2]))
     assert 40 <= _psnr(int8, fp32) < float("inf")
 
 
 @slow
 def test_int8_runs_through_the_pipeline_and_excludes_bf16(make_config, random_base_checkpoint, cache,
-                                                          lipsync_media):
-    pytest.importorskip("onnx")
+                                                          int8_generator, lipsync_media):
     from talkingface.inference.engine import backend_of
     from talkingface.inference.pipeline import LipSyncer
     from talkingface.utils.errors import ConfigError

@@ -1,6 +1,8 @@
 """Sharded evaluation: under torchrun every rank scores its share of the clips (longest first, dealt
 in turn) and rank 0 writes the metrics.json one process writes, plus world_size; a rank that fails
-makes every rank fail instead of leaving them waiting."""
+makes every rank fail instead of leaving them waiting. The torchrun runs, and the one-process runs
+they are compared with, use the reduced-width networks of tests/narrow_networks.py (sharding is
+plumbing)."""
 import json
 import os
 import time
@@ -9,6 +11,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+import narrow_networks
 from builders import free_port
 from test_evaluator_pipeline import FakeSyncer, TinyFeatures, _write_clip
 from test_train_ddp import _torchrun
@@ -137,13 +140,15 @@ def test_a_failing_rank_fails_every_rank_without_hanging(workdir):
 
 
 @pytest.mark.slow
-def test_torchrun_evaluate_equals_one_process(demo_base_data, random_base_checkpoint, workdir):
+def test_torchrun_evaluate_equals_one_process(demo_base_data, workdir, monkeypatch):
     """--mode=evaluate of a Base checkpoint on the demo set's two train clips: 2 gloo ranks under
     torchrun write the metrics.json of one process, plus world_size."""
     from run_talkingface import main
+    narrow_networks.install(monkeypatch)
+    checkpoint = narrow_networks.random_checkpoint("HyperLipsBase", workdir / "checkpoints" / "demo" / "HyperLipsBase")
     options = [f"--{k}={v}" for k, v in demo_base_data.items()] + [
         "--model=HyperLipsBase", "--dataset=demo", "--device=cpu", "--infer_bf16=false", "--mode=evaluate",
-        f"--checkpoint={random_base_checkpoint['path']}", "--metrics=[PSNR,SSIM,LMD]", "--eval_split=train",
+        f"--checkpoint={checkpoint}", "--metrics=[PSNR,SSIM,LMD]", "--eval_split=train",
         "--eval_max_frames=5", "--eval_num_sample_videos=2"]
     assert main(options + [f"--results_root={workdir / 'single'}"]) == 0
     _torchrun(options + [f"--results_root={workdir / 'sharded'}"], workdir)
@@ -171,11 +176,12 @@ def two_val_clips(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_torchrun_end_of_training_evaluation_is_sharded(two_val_clips, random_expert, workdir):
+def test_torchrun_end_of_training_evaluation_is_sharded(two_val_clips, workdir, monkeypatch):
     """2 gloo ranks train one step and evaluate the val split, a clip each, without hanging; the
     numbers are those one process gives the checkpoint saved at that step."""
     from run_talkingface import main
-    random_expert(workdir)
+    narrow_networks.install(monkeypatch)
+    narrow_networks.random_checkpoint("SyncNet", workdir / "checkpoints" / "demo" / "SyncNet", seed=1)
     options = [f"--{k}={v}" for k, v in two_val_clips.items()] + [
         "--model=HyperLipsBase", "--dataset=demo", "--device=cpu", "--infer_bf16=false", "--metrics=[PSNR,SSIM]",
         f"--checkpoint_root={workdir / 'checkpoints'}", "--eval_max_frames=4", "--eval_num_sample_videos=0"]

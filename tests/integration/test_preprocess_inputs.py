@@ -152,7 +152,9 @@ def test_real_sample_clips(samples_dir, tmp_path):
     videos = sorted(samples_dir.glob("*.mp4"))
     for video in videos:
         os.symlink(video, data / video.name)
-    config = mead_config(tmp_path, num_preprocess_workers=2)
+    # in this process: two spawned workers would each import torch and the detector first (the
+    # worker pool has its own test: test_preprocess_demo.py)
+    config = mead_config(tmp_path)
     report = HyperLipsBasePreprocessor(config).run()
     for video in videos:
         entry = report[video.name]

@@ -2,6 +2,7 @@
 (inference/stream.py), the per-stage profiler. Random-init weights on a 4-frame 480x270 clip with
 0.36 s of audio (9 frames: the video loops ping-pong): the point is identity of outputs and the
 code paths, not quality."""
+import io
 import logging
 import os
 import signal
@@ -16,8 +17,8 @@ from talkingface.inference import encode, pipeline, tracking
 from talkingface.inference.avatar import RECORD, AvatarCache, FaceRecord, cache_key
 from talkingface.inference.prepare import avatar_settings
 from talkingface.inference.profile import StageProfiler
-from talkingface.inference.stream import samples_needed, y4m_header
-from talkingface.utils.audio import n_video_frames_for_audio
+from talkingface.inference.stream import y4m_header
+from talkingface.utils.audio import n_video_frames_for_audio, samples_needed
 from talkingface.utils.errors import InputError
 from paths import REPO_ROOT
 
@@ -285,7 +286,7 @@ def _read_y4m(data):
 
 
 @pytest.mark.slow
-def test_mode_stream_through_a_pipe(clip, random_base_checkpoint, tmp_path):
+def test_mode_stream_through_a_pipe(clip, random_base_checkpoint, tmp_path, monkeypatch, capsys):
     video, wav = clip
     pcm = np.clip(np.round(wav * 32768), -32768, 32767).astype("<i2").tobytes()
     command = [sys.executable, os.path.join(REPO_ROOT, "run_talkingface.py"), "--model=HyperLipsBase",
@@ -297,7 +298,10 @@ def test_mode_stream_through_a_pipe(clip, random_base_checkpoint, tmp_path):
     header, width, height, frames = _read_y4m(proc.stdout)
     assert header + b"\n" == y4m_header(480, 270)
     assert (width, height) == (480, 270) and len(frames) == n_video_frames_for_audio(len(wav))
-    # a missing avatar: one line, exit 2
-    proc = subprocess.run(command[:6] + ["--video=missing.mp4"] + command[7:], input=b"", capture_output=True,
-                          cwd=tmp_path, timeout=300)
-    assert proc.returncode == 2 and proc.stderr.decode().strip().splitlines()[-1].startswith("error: video not found")
+    # a missing avatar: one line, exit 2, before any audio is read (run_talkingface.main in this
+    # process: a second process would cost seconds of imports)
+    import run_talkingface
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"")))
+    code = run_talkingface.main(command[2:6] + ["--video=missing.mp4"] + command[7:])
+    assert code == 2 and capsys.readouterr().err.strip().splitlines()[-1].startswith("error: video not found")

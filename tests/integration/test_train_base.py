@@ -13,6 +13,7 @@ from talkingface.trainer.hyperlipsbase_trainer import HyperLipsBaseTrainer
 from talkingface.utils.checkpoint import latest_checkpoint
 from talkingface.utils.errors import CheckpointError
 from talkingface.utils.gradients import GradientRecorder, relative_difference
+import narrow_networks
 from builders import base_batch, base_config
 from step_checks import flat_gradients, record_seed_ratios
 
@@ -37,8 +38,10 @@ def test_without_the_sync_term_no_expert_is_needed(workdir):
 
 
 @pytest.mark.slow
-def test_training_steps_lower_the_loss_on_a_fixed_batch(workdir, random_expert):
-    random_expert(workdir)
+def test_training_steps_lower_the_loss_on_a_fixed_batch(workdir, monkeypatch):
+    # That training moves the loss does not depend on the width: reduced-width networks.
+    narrow_networks.install(monkeypatch)
+    narrow_networks.random_checkpoint("SyncNet", workdir / "checkpoints" / "demo" / "SyncNet", seed=1)
     torch.manual_seed(0)
     trainer = HyperLipsBaseTrainer(base_config(workdir, learning_rate=1e-3))
     batch = base_batch()
@@ -55,8 +58,9 @@ def test_training_steps_lower_the_loss_on_a_fixed_batch(workdir, random_expert):
 
 
 @pytest.mark.slow
-def test_checkpoint_resume_continues_with_identical_optimizer_state(workdir, random_expert):
-    random_expert(workdir)
+def test_checkpoint_resume_continues_with_identical_optimizer_state(workdir, monkeypatch):
+    narrow_networks.install(monkeypatch)   # resuming is plumbing: reduced-width networks
+    narrow_networks.random_checkpoint("SyncNet", workdir / "checkpoints" / "demo" / "SyncNet", seed=1)
     torch.manual_seed(0)
     config = base_config(workdir, gan_weight=0.2)
     trainer = HyperLipsBaseTrainer(config)

@@ -2,7 +2,8 @@
 
 Each step runs the discriminator forward once (real and generated concatenated) and backward
 once, the generator forward and backward once (its GAN gradient comes from D's backward): one
-backward per forward, as DDP needs. Both ranks must end with the same weights.
+backward per forward, as DDP needs. Both ranks must end with the same weights. The networks are
+the reduced-width ones of tests/narrow_networks.py (DDP is plumbing; HR's decoder is small already).
 """
 import os
 
@@ -11,8 +12,11 @@ import torch
 import torch.multiprocessing as mp
 
 from talkingface.utils.checkpoint import latest_checkpoint
+import narrow_networks
 from builders import base_batch, base_config, hr_batch, hr_config
-from paths import REPO_ROOT
+from paths import TESTS_DIR
+
+NARROW_RUN = TESTS_DIR / "interrupted_run.py"   # run_talkingface.py with the narrow networks
 
 
 def _trainer_and_batch(model, workdir, rank):
@@ -32,6 +36,7 @@ def _rank_main(rank, world_size, port, workdir, model):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size))
     torch.set_num_threads(1)
+    narrow_networks.install()
     from talkingface.utils import distributed as dist_utils
     trainer_class, config, batch = _trainer_and_batch(model, pathlib.Path(workdir), rank)
     config["device"] = dist_utils.setup_distributed(config["device"])
@@ -48,8 +53,8 @@ def _rank_main(rank, world_size, port, workdir, model):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["HyperLipsBase", "HyperLipsHR"])
-def test_two_ranks_train_generator_and_discriminator_in_step(workdir, random_expert, free_port, model):
-    random_expert(workdir)
+def test_two_ranks_train_generator_and_discriminator_in_step(workdir, free_port, model):
+    narrow_networks.random_checkpoint("SyncNet", workdir / "checkpoints" / "demo" / "SyncNet", seed=1)
     mp.spawn(_rank_main, args=(2, free_port, str(workdir), model), nprocs=2, join=True)
     states = [torch.load(workdir / f"rank{r}.pt") for r in range(2)]
     for name in ("generator", "discriminator"):
@@ -79,13 +84,14 @@ def _descendants(pid):
 
 
 def _torchrun(args, cwd, timeout=300):
-    """`torchrun --nproc_per_node=2 run_talkingface.py ARGS` on the CPU (gloo); a hang fails the test
-    after `timeout` seconds instead of blocking the suite (torchrun and its ranks are killed)."""
+    """`torchrun --nproc_per_node=2 run_talkingface.py ARGS` on the CPU (gloo), with the narrow
+    networks (NARROW_RUN); a hang fails the test after `timeout` seconds instead of blocking the
+    suite (torchrun and its ranks are killed)."""
     import signal
     import subprocess
     import sys
     import tempfile
-    script = os.path.join(str(REPO_ROOT), "run_talkingface.py")
+    script = str(NARROW_RUN)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", script, *args]
     with tempfile.TemporaryFile("w+") as log:
         process = subprocess.Popen(command, cwd=cwd, env=dict(os.environ, OMP_NUM_THREADS="1"), text=True,
@@ -108,17 +114,20 @@ def _torchrun(args, cwd, timeout=300):
 
 
 @pytest.fixture(scope="module")
-def hr_demo(demo_base_data, random_base_checkpoint, tmp_path_factory):
-    """The demo set's HR data (from a random-init Base checkpoint) in a folder of its own, and the
-    settings that use it."""
+def hr_demo(demo_base_data, tmp_path_factory):
+    """The demo set's HR data (from a random-init narrow Base checkpoint) in a folder of its own,
+    and the settings that use it."""
     import shutil
     from talkingface.config import Config
     from talkingface.data.dataprocess.hyperlipshr_process import HyperLipsHRPreprocessor
     root = tmp_path_factory.mktemp("hr_ddp")
     shutil.copytree(demo_base_data["preprocessed_root"], root / "pre")
-    values = dict(demo_base_data, preprocessed_root=str(root / "pre"), base_checkpoint=random_base_checkpoint["path"],
+    base = narrow_networks.random_checkpoint("HyperLipsBase", root / "checkpoints" / "demo" / "HyperLipsBase")
+    values = dict(demo_base_data, preprocessed_root=str(root / "pre"), base_checkpoint=base,
                   hr_preprocess_workers=0, hr_base_batch_size=8, device="cpu")
-    HyperLipsHRPreprocessor(Config(model="HyperLipsHR", dataset="demo", config_dict=values)).run()
+    with pytest.MonkeyPatch.context() as patch:
+        narrow_networks.install(patch)
+        HyperLipsHRPreprocessor(Config(model="HyperLipsHR", dataset="demo", config_dict=values)).run()
     return root, values
 
 

@@ -1,8 +1,8 @@
 """Exact resume: a training run killed (SIGKILL) right after a checkpoint, or stopped at max_steps
 and started again with a larger one, ends with the very weights and optimizer states of a run never
 stopped (CPU, `reproducible: true`). Every run is a real process of run_talkingface.py (through
-tests/interrupted_run.py) on the tiny demo set; the interrupted ones use DataLoader workers, the
-uninterrupted ones none, so the training order cannot depend on either."""
+tests/interrupted_run.py, with reduced-width networks) on the tiny demo set; the interrupted ones
+use DataLoader workers, the uninterrupted ones none, so the training order cannot depend on either."""
 import glob
 import os
 import pathlib
@@ -24,8 +24,8 @@ RUN_TIMEOUT = 600
 # (after step 4), another finishes at the end of an epoch (max_steps 3) and goes on to 5.
 SYNCNET = dict(batch_size=2, eval_batch_size=2, samples_per_epoch=6, checkpoint_interval=2, max_steps=5)
 # HyperLipsBase with its default loss (L1 + expert + GAN): 3 one-window batches an epoch, killed
-# after step 2 and resumed for the last step of the epoch (SyncNet's runs cross epochs).
-BASE = dict(batch_size=1, eval_batch_size=1, samples_per_epoch=3, checkpoint_interval=2, max_steps=3)
+# after step 1 and resumed mid-epoch for step 2 (SyncNet's runs cross epochs).
+BASE = dict(batch_size=1, eval_batch_size=1, samples_per_epoch=3, checkpoint_interval=1, max_steps=2)
 
 
 def run_args(demo, root, model, **settings):
@@ -137,7 +137,7 @@ def test_base_killed_after_a_checkpoint_resumes_to_the_same_weights(demo_base_da
 
     args = run_args(demo_base_data, tmp_path / "killed", "HyperLipsBase", **dict(settings, num_workers=1))
     folder = tmp_path / "killed" / "checkpoints" / "demo" / "HyperLipsBase"
-    train_and_kill_after(args, 2, folder, tmp_path / "killed.log")
+    train_and_kill_after(args, 1, folder, tmp_path / "killed.log")
     log = train(args)
-    assert "(step 2, epoch 0; that run was interrupted)" in log
+    assert "(step 1, epoch 0; that run was interrupted)" in log
     assert_same_training_state(final_state(tmp_path / "killed", "HyperLipsBase"), straight)

@@ -8,8 +8,6 @@ bits could not show this: the tests run as root).
 import ast
 import os
 import shutil
-import subprocess
-import sys
 import threading
 
 import pytest
@@ -91,13 +89,21 @@ def test_opencv_capture_refuses_lists_itself(lists):
         capture.release()
 
 
-def _cli(*args, cwd):
-    proc = subprocess.run([sys.executable, str(REPO_ROOT / "run_talkingface.py"),
-                           "--device=cpu", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
-    return proc.returncode, proc.stderr
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """cli(*args, cwd=folder) -> (exit status, stderr) of `run_talkingface.py --device=cpu args...`,
+    run_talkingface.main in this process (a process of its own would cost seconds of imports)."""
+    from run_talkingface import main
+
+    def run(*args, cwd):
+        monkeypatch.chdir(cwd)
+        capsys.readouterr()
+        code = main(["--device=cpu", *args])
+        return code, capsys.readouterr().err
+    return run
 
 
-def test_cli_modes_refuse_lists_in_one_line(lists, lipsync_media, random_base_checkpoint, tmp_path):
+def test_cli_modes_refuse_lists_in_one_line(lists, lipsync_media, random_base_checkpoint, tmp_path, cli):
     checkpoint = f"--checkpoint={random_base_checkpoint['path']}"
     runs = [
         ("--mode=infer", f"--video={lists['hls']}", f"--audio={lipsync_media['audio']}", "--output=o.mp4"),
@@ -105,20 +111,20 @@ def test_cli_modes_refuse_lists_in_one_line(lists, lipsync_media, random_base_ch
         ("--mode=stream", f"--video={lists['hls']}", f"--audio={lipsync_media['audio']}", "--output=o.y4m"),
     ]
     for args in runs:
-        rc, err = _cli("--model=HyperLipsBase", "--dataset=demo", checkpoint, *args, cwd=tmp_path)
+        rc, err = cli("--model=HyperLipsBase", "--dataset=demo", checkpoint, *args, cwd=tmp_path)
         lines = [line for line in err.splitlines() if line.strip()]
         assert rc == 2 and lines[-1].startswith("error: ") and "refused" in lines[-1], err[-2000:]
         assert "Traceback" not in err
     assert not any(tmp_path.glob("o.*"))
 
 
-def test_preprocessing_skips_a_list_in_the_data_folder(tmp_path):
+def test_preprocessing_skips_a_list_in_the_data_folder(tmp_path, cli):
     data = tmp_path / "data" / "M001"
     data.mkdir(parents=True)
     fifo = Fifo(data / "segment.bin")  # not a video name: preprocessing does not list it itself
     try:
         (data / "clip.mp4").write_text("ffconcat version 1.0\nfile 'segment.bin'\n")
-        rc, err = _cli("--model=HyperLipsBase", "--dataset=MEAD", "--mode=preprocess", f"--data_root={tmp_path / 'data'}",
+        rc, err = cli("--model=HyperLipsBase", "--dataset=MEAD", "--mode=preprocess", f"--data_root={tmp_path / 'data'}",
                        f"--preprocessed_root={tmp_path / 'pre'}", "--num_preprocess_workers=1", cwd=tmp_path)
     finally:
         fifo.close()

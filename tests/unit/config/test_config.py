@@ -155,12 +155,13 @@ def test_every_key_the_code_reads_is_defined_for_each_model_that_runs_it():
     assert scoped["hyperlipsbase_process.py"] == set(models)  # HR's preprocessor runs the Base one
 
 
-def test_cli_help_lists_models_datasets_and_modes():
-    result = subprocess.run([sys.executable, "run_talkingface.py", "--help"], cwd=REPO,
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0
+def test_cli_help_lists_models_datasets_and_modes(capsys):
+    with pytest.raises(SystemExit) as exit_status:  # as `python run_talkingface.py --help`, in this process
+        cli_main(["--help"])
+    assert exit_status.value.code == 0
+    stdout = capsys.readouterr().out
     for word in ("HyperLipsBase", "HyperLipsHR", "SyncNet", "MEAD", "demo", "infer", "evaluate", "preprocess"):
-        assert word in result.stdout
+        assert word in stdout
 
 
 def test_cli_typo_is_one_line_error(capsys, workdir):
@@ -503,6 +504,15 @@ def _cli(argv, cwd):
                           cwd=cwd, capture_output=True, text=True, timeout=120)
 
 
+def test_cli_value_error_is_the_only_line_of_a_fresh_process(tmp_path):
+    """As a user runs it: nothing else (import-time warnings, a traceback) reaches stderr."""
+    result = _cli(["--model=SyncNet", "--max_steps=1e30"], tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [
+        "error: max_steps must be an integer >= 0 and <= 2147483647 (got 1e+30)"], result.stderr[-2000:]
+    assert not any(tmp_path.iterdir()), "nothing is made before the checks"
+
+
 @pytest.mark.parametrize("argv, start", [
     (["--model=SyncNet", "--max_steps=1e30"], "error: max_steps must be an integer >= 0 and <= 2147483647 (got 1e+30)"),
     (["--model=SyncNet", "--seed=" + "7" * 5000], "error: seed must be an integer >= 0 and <= 2147483647 (got '777"),
@@ -510,11 +520,15 @@ def _cli(argv, cwd):
     (["--model=SyncNet", "--config_files=weights.pth"], "error: config file weights.pth is not a text YAML file"),
     (["--model=SyncNet", "--max_steps=" + "x" * 100_000], "error: max_steps must be an integer"),
 ])
-def test_cli_unreadable_or_huge_values_are_one_line(argv, start, tmp_path):
+def test_cli_unreadable_or_huge_values_are_one_line(argv, start, tmp_path, monkeypatch, capsys):
+    """run_talkingface.main in this process (a process of its own costs seconds of imports; the test
+    above runs one as a process)."""
     (tmp_path / "weights.pth").write_bytes(bytes(range(256)) * 4)
-    result = _cli(argv, tmp_path)
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert len(lines) == 1 and lines[0].startswith(start) and len(lines[0]) < 300, result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
+    monkeypatch.chdir(tmp_path)
+    code = cli_main(["--dataset=demo"] + argv)
+    stderr = capsys.readouterr().err
+    lines = stderr.strip().splitlines()
+    assert code == 2, stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith(start) and len(lines[0]) < 300, stderr[-2000:]
+    assert "Traceback" not in stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["weights.pth"], "nothing is made before the checks"
