@@ -15,14 +15,16 @@ video loops the video ping-pong (0..n-1, n-2..1, 0..n-1, ...); shorter audio cut
 A still image (utils.video.is_image) is one frame repeated for the audio's length.
 
 Two streaming passes over the video, with bounded memory whatever its length:
-1. face tracking: one face box per 25 fps frame (detected, padded 10 px at the bottom, short gaps
-   interpolated, smoothed over `box_smooth_window` frames, as in preprocessing); only the boxes are kept;
+1. face tracking: one face box per 25 fps frame (detected on every `infer_detect_every`-th frame,
+   padded 10 px at the bottom, the frames between and short gaps interpolated, smoothed over
+   `box_smooth_window` frames, as in preprocessing; tracking.py); only the boxes are kept;
 2. generation: the video is decoded again (ping-pong via a temporary on-disk frame cache, see
    source.py), frames go through the networks in batches of `infer_batch_size` and are pasted back
-   (render.py, paste.py); a reader thread decodes ahead and a writer thread feeds the encoder, each
-   through a queue of at most two batches. Frames without a face pass through unchanged; the
-   `face_fade_frames` frames with a face on either side of them crossfade from the lip-synced
-   frame to the source frame (render.face_weights, by source frame), so the mouth does not jump.
+   (render.py, paste.py); a reader thread decodes ahead (and makes the next batch's face meshes)
+   and a writer thread feeds the encoder, each through a queue of at most two batches. Frames
+   without a face pass through unchanged; the `face_fade_frames` frames with a face on either side
+   of them crossfade from the lip-synced frame to the source frame (render.face_weights, by source
+   frame), so the mouth does not jump.
 What does not depend on the audio (crops, masks, face-encoder features: the avatar, avatar.py) is
 computed once per source frame and reused by the ping-pong passes; with avatar_cache=on it is
 computed for the whole video once (a third decoding pass, before generation) and kept on disk, so a
