@@ -120,3 +120,22 @@ def two_faces(face):
     canvas[:, :256] = face
     canvas[40:220, 280:460] = cv2.resize(face, (180, 180))
     return canvas
+
+
+class FakeClip:
+    """What the generator loop's callers read from a preprocessed Clip (generate_clip,
+    generate_hyper_frames): n_frames, fps, mel, frame(k, size); seeded random face crops of
+    `side` px, resized to the size asked for."""
+
+    def __init__(self, n_frames=7, side=256):
+        rng = np.random.default_rng(0)
+        self.n_frames, self.fps = n_frames, 25.0
+        self.images = rng.integers(0, 255, (n_frames, side, side, 3), dtype=np.uint8)
+        self.mel = rng.standard_normal((80, int(80 * n_frames / 25) + 16)).astype(np.float32)
+
+    def frame(self, k, size=None):
+        import cv2
+        image = self.images[k]
+        if size is None or size == image.shape[0]:
+            return image
+        return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)

@@ -14,7 +14,7 @@ from talkingface.utils.checkpoint import latest_checkpoint
 from talkingface.utils.errors import CheckpointError
 from talkingface.utils.gradients import GradientRecorder, relative_difference
 import narrow_networks
-from builders import base_batch, base_config
+from builders import FakeClip, base_batch, base_config
 from step_checks import flat_gradients, record_seed_ratios
 
 
@@ -183,20 +183,6 @@ def test_train_step_under_mixed_precision(workdir, amp_dtype):
         assert torch.isfinite(ours).all() and wanted.norm() > 0
         error = relative_difference(ours, wanted)
         assert error < 0.1, f"{name} gradients differ by {error:.2e} under {amp_dtype}"
-
-
-class FakeClip:
-    """What generate_clip reads from a Clip: n_frames, fps, frame(k, size), mel."""
-
-    def __init__(self, n_frames=7):
-        rng = np.random.default_rng(0)
-        self.n_frames, self.fps = n_frames, 25.0
-        self.images = rng.integers(0, 255, (n_frames, 256, 256, 3), dtype=np.uint8)
-        self.mel = rng.standard_normal((80, int(80 * n_frames / 25) + 4)).astype(np.float32)
-
-    def frame(self, k, size=None):
-        import cv2
-        return cv2.resize(self.images[k], (size, size), interpolation=cv2.INTER_AREA)
 
 
 def test_generate_clip_returns_every_frame_as_uint8_bgr(workdir):

@@ -4,22 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+from builders import FakeClip
 from talkingface.model import create
 from talkingface.model.generate import generate_faces
 from talkingface.model.inputs import masked_input, to_uint8_images
-
-
-class _Clip:
-    """What generate_hyper_frames and generate_clip read from a Clip."""
-
-    def __init__(self, n_frames=3):
-        rng = np.random.default_rng(0)
-        self.n_frames, self.fps = n_frames, 25.0
-        self.images = rng.integers(0, 255, (n_frames, 128, 128, 3), dtype=np.uint8)
-        self.mel = rng.standard_normal((80, int(80 * n_frames / 25) + 16)).astype(np.float32)
-
-    def frame(self, k, size=None):
-        return self.images[k]
 
 
 @pytest.fixture(scope="module")
@@ -67,10 +55,10 @@ def test_inference_hr_data_and_learning_check_call_the_one_loop(base, make_confi
     recording(hyperlipshr_process, "hr data")
     recording(hyperlipsbase_trainer, "learning check")
     recording(render, "inference")
-    assert hyperlipshr_process.generate_hyper_frames(base, _Clip(), "cpu", 2).shape == (3, 128, 128, 3)
+    assert hyperlipshr_process.generate_hyper_frames(base, FakeClip(3, side=128), "cpu", 2).shape == (3, 128, 128, 3)
     trainer = hyperlipsbase_trainer.HyperLipsBaseTrainer(make_config("HyperLipsBase", workdir, sync_weight=0,
                                                                      eval_batch_size=1, mode="evaluate"))
-    assert trainer.generate_clip(_Clip()).shape == (3, 128, 128, 3)
+    assert trainer.generate_clip(FakeClip(3, side=128)).shape == (3, 128, 128, 3)
 
     frame = np.full((128, 128, 3), 90, np.uint8)
     settings = InferSettings.from_config(make_config("HyperLipsBase"), infer_batch_size=2, infer_bf16=False)
