@@ -121,12 +121,8 @@ def child(args):
 
 
 def run_child(args, mode, seconds, tmp, cache="off", int8=False, backend="torch"):
-    result = harness.run_child(__file__, "--child", "--mode", mode, "--seconds", seconds, "--video", args.video,
-                               "--audio", args.audio, "--device", args.device, "--tmp", tmp,
-                               "--threads", args.threads, "--cache", cache, "--backend", backend,
-                               *(["--int8-run"] if int8 else []))
-    harness.print_child_result(result)
-    return result
+    return harness.run_media_child(__file__, args, tmp, "--mode", mode, "--cache", cache, "--backend", backend,
+                                   *(["--int8-run"] if int8 else []), seconds=seconds)
 
 
 def main():

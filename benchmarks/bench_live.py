@@ -20,7 +20,6 @@ Reported per run (one per --max-latency-ms value):
 """
 import argparse
 import os
-import tempfile
 import threading
 import time
 
@@ -99,23 +98,14 @@ def child(args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    harness.add_inference_arguments(parser, 20.0, "seconds of audio pushed")
+    harness.add_inference_arguments(parser, 20.0, "seconds of audio pushed", chunked=True)
     parser.add_argument("--max-latency-ms", type=int, nargs="+", default=[500],
                         help="live_max_latency_ms: one run per value")
-    parser.add_argument("--chunk-ms", type=float, default=20.0, help="audio chunk length")
     args = parser.parse_args()
     if args.child:
         return child(args)
-    report = dict(harness.header(args.device, args.threads), runs=[])
-    with tempfile.TemporaryDirectory(prefix="bench_live_") as tmp:
-        harness.default_media(args, tmp)
-        for max_latency_ms in args.max_latency_ms:
-            result = harness.run_child(__file__, "--child", "--seconds", args.seconds, "--video", args.video,
-                                       "--audio", args.audio, "--device", args.device, "--tmp", tmp,
-                                       "--threads", args.threads, "--chunk-ms", args.chunk_ms,
-                                       "--max-latency-ms", max_latency_ms)
-            harness.print_child_result(result)
-            report["runs"].append(result)
+    report = harness.sweep(__file__, args, [("--chunk-ms", args.chunk_ms, "--max-latency-ms", max_latency_ms)
+                                            for max_latency_ms in args.max_latency_ms])
     harness.print_report(report)
 
 

@@ -35,7 +35,6 @@ with the highest frames_per_s among the runs whose latency p95 is at most 300 ms
 import argparse
 import os
 import queue
-import tempfile
 import threading
 import time
 
@@ -177,26 +176,17 @@ def child(args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    harness.add_inference_arguments(parser, 60.0, "seconds of audio streamed")
+    harness.add_inference_arguments(parser, 60.0, "seconds of audio streamed", chunked=True)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1],
                         help="infer_batch_size of the stream: one run per value")
-    parser.add_argument("--chunk-ms", type=float, default=20.0, help="audio chunk length")
     parser.add_argument("--rss-every", type=float, default=1.0, help="seconds between resident-memory samples")
     parser.add_argument("--batch-size", type=int, default=1, help=argparse.SUPPRESS)  # a child's
     args = parser.parse_args()
     if args.child:
         return child(args)
-    report = dict(harness.header(args.device, args.threads), runs=[])
-    with tempfile.TemporaryDirectory(prefix="bench_stream_") as tmp:
-        harness.default_media(args, tmp)
-        for mode in args.modes:
-            for batch_size in args.batch_sizes:
-                result = harness.run_child(__file__, "--child", "--mode", mode, "--seconds", args.seconds,
-                                           "--video", args.video, "--audio", args.audio, "--device", args.device,
-                                           "--tmp", tmp, "--threads", args.threads, "--batch-size", batch_size,
-                                           "--chunk-ms", args.chunk_ms, "--rss-every", args.rss_every)
-                harness.print_child_result(result)
-                report["runs"].append(result)
+    report = harness.sweep(__file__, args, [("--mode", mode, "--batch-size", batch_size, "--chunk-ms", args.chunk_ms,
+                                             "--rss-every", args.rss_every)
+                                            for mode in args.modes for batch_size in args.batch_sizes])
     if len(args.batch_sizes) > 1:
         report["best_batch_within_300ms_p95"] = best_batch_within(report["runs"], 300.0)
     harness.print_report(report)

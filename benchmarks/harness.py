@@ -12,6 +12,7 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
@@ -77,6 +78,27 @@ def run_child(script, *args, timeout=None):
     return json.loads(lines[-1])
 
 
+def run_media_child(script, args, tmp, *extra, seconds=None):
+    """run_child for the inference benchmarks: the options every such child takes (media, device,
+    threads, scratch folder), then `extra`; prints the child's line and returns its result."""
+    result = run_child(script, "--child", "--seconds", args.seconds if seconds is None else seconds,
+                       "--video", args.video, "--audio", args.audio, "--device", args.device, "--tmp", tmp,
+                       "--threads", args.threads, *extra)
+    print_child_result(result)
+    return result
+
+
+def sweep(script, args, cases):
+    """The parent of a benchmark that varies one setting: the media made once, one child per case
+    (each case the child's extra arguments); returns the report with the children's results as runs."""
+    report = dict(header(args.device, args.threads), runs=[])
+    with tempfile.TemporaryDirectory(prefix=os.path.splitext(os.path.basename(script))[0] + "_") as tmp:
+        default_media(args, tmp)
+        for extra in cases:
+            report["runs"].append(run_media_child(script, args, tmp, *extra))
+    return report
+
+
 def print_child_result(result):
     """A child's one line of JSON, read by run_child."""
     print(json.dumps(result), flush=True)
@@ -87,8 +109,11 @@ def print_report(report):
     print(json.dumps(report, indent=2), flush=True)
 
 
-def add_inference_arguments(parser, seconds, seconds_help):
-    """The options the inference and streaming benchmarks share (and their child-process ones)."""
+def add_inference_arguments(parser, seconds, seconds_help, chunked=False):
+    """The options the inference and streaming benchmarks share (and their child-process ones);
+    `chunked` adds the audio chunk length of the benchmarks that push audio piece by piece."""
+    if chunked:
+        parser.add_argument("--chunk-ms", type=float, default=20.0, help="audio chunk length")
     parser.add_argument("--video", help="input video (default: a synthetic 720p talking-face clip)")
     parser.add_argument("--audio", help="driving audio, looped to --seconds (default: the video's own track)")
     parser.add_argument("--seconds", type=float, default=seconds, help=seconds_help)

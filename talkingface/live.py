@@ -442,37 +442,37 @@ def _track_classes():
     from aiortc import MediaStreamTrack
     from aiortc.mediastreams import MediaStreamError
 
-    class LiveVideoTrack(MediaStreamTrack):
-        kind = "video"
+    class SessionTrack(MediaStreamTrack):
+        """A track that sends what its session releases, polled without blocking the event loop."""
 
         def __init__(self, session):
             super().__init__()
             self.session = session
 
-        async def recv(self):
-            while (frame := self.session.get(timeout=0)) is None:
+        async def next_from(self, take):
+            """take()'s first result that is not None; ends the track when the session has ended."""
+            while (item := take()) is None:
                 if not self.session.alive:
                     raise MediaStreamError
                 await asyncio.sleep(0.005)
+            return item
+
+    class LiveVideoTrack(SessionTrack):
+        kind = "video"
+
+        async def recv(self):
+            frame = await self.next_from(lambda: self.session.get(timeout=0))
             video = av.VideoFrame.from_ndarray(frame.image, format="bgr24")
             video.pts = frame.sample * VIDEO_CLOCK // SAMPLE_RATE
             video.time_base = fractions.Fraction(1, VIDEO_CLOCK)
             return video
 
-    class LiveAudioTrack(MediaStreamTrack):
+    class LiveAudioTrack(SessionTrack):
         """The received audio sent back with the frames (same clock, released as they leave)."""
         kind = "audio"
 
-        def __init__(self, session):
-            super().__init__()
-            self.session = session
-
         async def recv(self):
-            while (piece := self.session.audio(AUDIO_PACKET)) is None:
-                if not self.session.alive:
-                    raise MediaStreamError
-                await asyncio.sleep(0.005)
-            first, pcm = piece
+            first, pcm = await self.next_from(lambda: self.session.audio(AUDIO_PACKET))
             audio = av.AudioFrame.from_ndarray(pcm[None, :], format="s16", layout="mono")
             audio.sample_rate = SAMPLE_RATE
             audio.pts = first
