@@ -88,7 +88,8 @@ def test_our_trained_expert_finds_known_shifts_and_fix_removes_them(demo_expert,
     values = dict(expert_data, syncnet_v2_path=str(tmp_path / "none.model"), sync_expert_path=demo_expert["path"])
     detector = av_offset.OffsetDetector(make_config("HyperLipsBase", tmp_path, av_offset="detect", **values))
     assert detector.method == "SyncNet"               # auto: our expert, taken for its accuracy
-    (seen, *_), unseen = _clips(expert_data["preprocessed_root"], "train"), _clips(expert_data["preprocessed_root"], "test")
+    root = expert_data["preprocessed_root"]
+    (seen, *_), unseen = _clips(root, "train"), _clips(root, "test")
     for folder, _, crops, wav in (seen, *unseen):     # a clip it trained on and the one it never saw
         for lead in (5, -7):   # sound 5 frames early, 7 late: syncnet_python's offsets +5, -7
             found = detector.estimate(crops, shift_audio(wav, -lead))

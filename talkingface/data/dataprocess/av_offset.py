@@ -55,8 +55,9 @@ ORIGINAL_AUDIO = "audio_original.wav"
 # (80 steps, batch 16, lr 5e-4 on a 3-clip demo set, 16 validation windows) found 3 of 9 known
 # shifts, none confidently (`python benchmarks/offset_probe.py <the 3 demo clips> --method SyncNet
 # --sync_expert_path <its checkpoint>`): an expert used for offsets must be far clear of chance.
-# One at 0.875 (50 steps, batch 16, lr 5e-4 on an 8-clip demo set) found +5/-7 shifts exactly on a clip it
-# trained on and one it never saw, with a confidence of 0.23 to 0.29 (`pytest -s tests/integration/test_own_expert_offsets.py`).
+# One at 0.875 (50 steps, batch 16, lr 5e-4 on an 8-clip demo set) found +5/-7 shifts exactly on a
+# clip it trained on and on one it never saw, with a confidence of 0.23 to 0.29
+# (`pytest -s tests/integration/test_own_expert_offsets.py`).
 EXPERT_MIN_ACCURACY = 0.8
 # The weight-free estimator must find a 6-frame shift within +-1 on 3 of the 4 real sample clips to
 # be the default. It found it on 0 of 4 (3 of 4 relative to its own estimate on the unshifted clip):
