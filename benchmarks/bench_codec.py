@@ -28,8 +28,9 @@ from fractions import Fraction
 
 import harness
 
+from talkingface.utils.audio import FPS  # noqa: E402  (harness puts the repository on the path)
+
 CASES = ("decode_opencv", "decode_pyav", "decode_pyav_slice", "encode_ffmpeg", "encode_pyav")
-FPS = 25.0  # the toolkit's timeline (talkingface.utils.audio.FPS)
 
 
 def pyav_frames(path, fps=FPS, thread_type="AUTO"):

@@ -25,7 +25,8 @@ import time
 
 import harness
 
-FPS = 25.0  # the toolkit's timeline (talkingface.utils.audio.FPS)
+from talkingface.utils.audio import FPS  # noqa: E402  (harness puts the repository on the path)
+
 
 
 def tracker_arguments():
@@ -90,12 +91,12 @@ def child(args):
     for k in args.every:
         boxes, wall, cpu = timed(lambda: track_faces(frames, width, height, detect_every=k, **settings), args.repeats)
         present = np.isfinite(boxes).all(axis=1)
+        moved = deviation(boxes, reference)
         row[f"every_{k}"] = dict(
             rates(wall, cpu), cpu_gain=round(reference_cpu / cpu, 2),
             frames_box_presence_differs=int((present != np.isfinite(reference).all(axis=1)).sum()),
-            deviation=deviation(boxes, reference),
-            within_smoothing_shift=bool(deviation(boxes, reference).get("max_px", np.inf)
-                                        <= row["smoothing_shift"].get("max_px", -1)))
+            deviation=moved,
+            within_smoothing_shift=bool(moved.get("max_px", np.inf) <= row["smoothing_shift"].get("max_px", -1)))
     row["peak_rss_mb"] = harness.peak_rss_mb()
     harness.print_child_result(row)
 
@@ -116,7 +117,7 @@ def main():
     if args.child:
         return child(args)
 
-    report = dict(harness.header("cpu"), tracker=None, every=args.every, repeats=args.repeats,
+    report = dict(harness.header("cpu"), tracker=tracker_arguments(), every=args.every, repeats=args.repeats,
                   clips={})
     with tempfile.TemporaryDirectory(prefix="bench_tracking_") as tmp:
         videos = args.video or [harness.run_child(__file__, "--child", "--case", "synthetic", "--seconds", args.seconds,
@@ -126,7 +127,6 @@ def main():
             report["clips"][name] = harness.run_child(
                 __file__, "--child", "--path", video, "--every", *args.every,
                 "--repeats", args.repeats)
-    report["tracker"] = tracker_arguments()
     report["peak_rss_mb"] = max(row["peak_rss_mb"] for row in report["clips"].values())
     harness.print_report(report)
 

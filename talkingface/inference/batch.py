@@ -46,9 +46,9 @@ PATH_COLUMNS = ("video", "audio", "output")
 # What a row may set: the settings LipSyncer.run reads per run (the rest, e.g. the device or the
 # checkpoint, belong to the loaded model).
 ROW_SETTINGS = ("reference_frame", "infer_batch_size", "infer_mask_feather", "infer_landmark_window", "infer_bf16",
-                "infer_detect_every", "infer_int8", "infer_frame_cache_mb", "infer_x264_preset", "avatar_cache", "avatar_cache_dir",
-                "avatar_cache_mb", "silence_mode", "silence_min_ms", "silence_fade_frames", "face_fade_frames",
-                *TRACKER_KEYS)
+                "infer_detect_every", "infer_int8", "infer_frame_cache_mb", "infer_x264_preset", "avatar_cache",
+                "avatar_cache_dir", "avatar_cache_mb", "silence_mode", "silence_min_ms", "silence_fade_frames",
+                "face_fade_frames", *TRACKER_KEYS)
 
 
 class BatchFailed(TalkingFaceError):

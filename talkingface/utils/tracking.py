@@ -251,7 +251,7 @@ def track_faces(frames, width, height, pad_bottom=10, max_gap=5, window=5, total
 
     Each frame's chosen detection is padded by `pad_bottom` px at the bottom (the official
     HyperLips padding, which keeps the chin) and clipped to the frame, then gaps are filled and
-    runs smoothed. detect_every > 1 (inference: face_detect_every) runs the detector on every
+    runs smoothed. detect_every > 1 (inference: infer_detect_every) runs the detector on every
     detect_every-th frame and on the last one, and interpolates the boxes of the frames between
     two found faces as the tracker fills a gap; a frame without a face makes the skipped frames
     before it and every frame after it, until a face is found again, detected as with
